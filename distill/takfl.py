@@ -1,0 +1,217 @@
+"""TAKFL-style task arithmetic over state dicts (Morafah et al., NeurIPS 2024).
+
+Distil the student separately from each teacher j, starting every time from the same
+weights θ₀, giving θ_j. The task vector τ_j = θ_j − θ₀ holds what teacher j taught; the
+merged student is θ₀ + Σ_j λ_j τ_j, with λ chosen on labelled validation data (uniform,
+the best of a few candidates, or tuned by gradient descent).
+
+Only floating-point entries take part in the arithmetic; the others (e.g. BatchNorm's
+``num_batches_tracked``) are copied from the start state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+StateDict = Mapping[str, Tensor]
+
+
+def _check_same_keys(reference: StateDict, other: StateDict, what: str) -> None:
+    missing = [k for k in reference if k not in other]
+    extra = [k for k in other if k not in reference]
+    if missing or extra:
+        key = (missing or extra)[0]
+        side = "missing from" if missing else "unexpected in"
+        raise ValueError(f"key {key!r} {side} {what} ({len(missing)} missing, {len(extra)} extra)")
+
+
+def task_vector(start_state: StateDict, distilled_state: StateDict) -> dict[str, Tensor]:
+    """τ = θ_distilled − θ_start for every floating-point entry (non-float ones are left out).
+
+    Raises:
+        ValueError: naming the first key missing from either state or whose shapes differ.
+    """
+    _check_same_keys(start_state, distilled_state, "distilled_state")
+    vector = {}
+    for key, start in start_state.items():
+        end = distilled_state[key]
+        if start.shape != end.shape:
+            raise ValueError(
+                f"shape mismatch for key {key!r}: {tuple(start.shape)} vs {tuple(end.shape)}"
+            )
+        if start.is_floating_point():
+            vector[key] = end.detach() - start.detach()
+    return vector
+
+
+def merge_task_vectors(
+    start_state: StateDict, task_vectors: Sequence[StateDict], lambdas: Sequence[float] | Tensor
+) -> dict[str, Tensor]:
+    """θ₀ + Σ_j λ_j τ_j for every floating-point entry; other entries are cloned from θ₀.
+
+    Args:
+        start_state: θ₀.
+        task_vectors: K dicts from ``task_vector``.
+        lambdas: K coefficients (a Tensor may require grad: the result is differentiable).
+
+    Returns:
+        A new state dict with the keys of ``start_state``.
+    """
+    if len(lambdas) != len(task_vectors):
+        raise ValueError(f"got {len(lambdas)} lambdas for {len(task_vectors)} task vectors")
+    float_keys = {k for k, v in start_state.items() if v.is_floating_point()}
+    for j, vector in enumerate(task_vectors):
+        if set(vector) != float_keys:
+            key = sorted(set(vector) ^ float_keys)[0]
+            raise ValueError(f"task vector {j} does not match the start state at key {key!r}")
+
+    merged = {}
+    for key, start in start_state.items():
+        if key in float_keys:
+            value = start
+            for lam, vector in zip(lambdas, task_vectors):
+                value = value + lam * vector[key]
+            merged[key] = value
+        else:
+            merged[key] = start.clone()
+    return merged
+
+
+def uniform_lambdas(k: int) -> list[float]:
+    """[1/k] * k: the plain average of the task vectors."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return [1.0 / k] * k
+
+
+def select_lambdas(
+    start_state: StateDict,
+    task_vectors: Sequence[StateDict],
+    candidates: Sequence[Sequence[float]],
+    evaluate: Callable[[dict[str, Tensor]], float],
+) -> tuple[list[float], list[float]]:
+    """Pick the candidate λ whose merged state scores best.
+
+    Args:
+        evaluate: maps a merged state dict to a score, higher is better (e.g. validation
+            accuracy after ``model.load_state_dict``).
+
+    Returns:
+        (best candidate, the score of every candidate in order).
+    """
+    if not candidates:
+        raise ValueError("select_lambdas needs at least one candidate")
+    scores = [
+        float(evaluate(merge_task_vectors(start_state, task_vectors, list(lams))))
+        for lams in candidates
+    ]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return [float(v) for v in candidates[best]], scores
+
+
+def tune_lambdas(
+    model: nn.Module,
+    start_state: StateDict,
+    task_vectors: Sequence[StateDict],
+    loss_fn: Callable[[nn.Module, Any], Tensor],
+    batches: Iterable[Any],
+    steps: int,
+    lr: float = 0.05,
+) -> Tensor:
+    """Learn λ = softmax(w) (w initialised to zeros, i.e. uniform λ) by minimising the task loss.
+
+    Every step merges θ₀ + Σ λ_j τ_j and calls ``loss_fn(merged_model, batch)``, where
+    ``merged_model`` is a thin module whose forward runs ``model`` with the merged weights
+    through ``torch.func.functional_call``; ``model`` itself is never modified. ``batches``
+    is cycled through until ``steps`` Adam steps have been taken. The model's train/eval
+    mode is used as is (eval is usual: BatchNorm then uses the merged running statistics).
+    Gradients reach λ through the merged parameters only, not through merged buffers.
+
+    Returns:
+        λ: (K,) detached tensor, non-negative and summing to 1.
+    """
+    first = next(iter(start_state.values()))
+    logits = torch.zeros(len(task_vectors), device=first.device, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=lr)
+    merged_model = _MergedModel(model)
+    param_names = {name for name, _ in model.named_parameters()}
+
+    step = 0
+    while step < steps:
+        progressed = False
+        for batch in batches:
+            if step >= steps:
+                break
+            merged = merge_task_vectors(start_state, task_vectors, F.softmax(logits, dim=0))
+            # Buffers (BN running stats) are merged too but carry no gradient: batch_norm
+            # refuses running stats that require grad, and train mode updates them in place.
+            merged_model.state = {
+                k: v if k in param_names else v.detach() for k, v in merged.items()
+            }
+            loss = loss_fn(merged_model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            progressed = True
+        if not progressed:
+            raise ValueError("tune_lambdas: batches is empty (or an exhausted iterator)")
+    merged_model.state = {}
+    return F.softmax(logits.detach(), dim=0)
+
+
+class _MergedModel(nn.Module):
+    """Calls a model with substitute weights without registering or editing it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        # A list hides the model from this module's parameters and state dict.
+        self._wrapped = [model]
+        self.state: dict[str, Tensor] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self._wrapped[0], self.state, args, kwargs, strict=False)
+
+
+def self_regularised_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    start_logits: Tensor,
+    temperature: float = 3.0,
+    self_temperature: float = 20.0,
+    self_weight: float = 0.1,
+) -> Tensor:
+    """TAKFL's per-teacher distillation loss for one student.
+
+    T^2 · KL(softmax(t/T) || softmax(s/T))
+      + self_weight · T_self^2 · KL(softmax(s0/T_self) || softmax(s/T_self)),
+
+    where s0 are the student's own predictions at its start weights θ₀ (the second term
+    keeps it from drifting away from what it already knew; the reference code scales it
+    by T_self^2 as well). KLs use "batchmean"; teacher and start logits are detached.
+
+    Args:
+        student_logits, teacher_logits, start_logits: (B, C).
+    """
+
+    def kl(s: Tensor, t: Tensor, temp: float) -> Tensor:
+        return (
+            F.kl_div(
+                F.log_softmax(s / temp, dim=-1),
+                F.log_softmax(t.detach() / temp, dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * temp**2
+        )
+
+    return kl(student_logits, teacher_logits, temperature) + self_weight * kl(
+        student_logits, start_logits, self_temperature
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from simvg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The ``simvg`` command: synth | train | eval | predict | distill | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+SPLITS = ("train", "val", "testA", "testB")
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate the SynthRef benchmark in the SimVG layout")
+    p.add_argument("--out", required=True, help="data root to write (annotations/ and images/)")
+    p.add_argument("--name", default="synthref", help="dataset name (default: synthref)")
+    for split, default in zip(SPLITS, (8000, 1000, 500, 500)):
+        p.add_argument(f"--{split}", type=int, default=default, help=f"images in {split} (default {default})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--workers", type=int, default=1, help="processes used to render (default 1)")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a SimVG model from a YAML recipe")
+    p.add_argument("config", help="YAML recipe, e.g. configs/synthref_hybrid.yaml")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--output", required=True, help="run directory (checkpoints last/ and best/, logs)")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps (the schedule length)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last exactly where it stopped")
+    p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (resumable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")  # fmt: skip
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil a SimVG teacher into a cheaper student")
+    p.add_argument("config", help="YAML recipe, e.g. configs/distill_synthref.yaml")
+    p.add_argument("--teacher", required=True, action="append",
+                   help="teacher checkpoint directory (repeat for several teachers: TAKFL)")  # fmt: skip
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-after", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="box accuracy of a checkpoint on a dataset split")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--branch", choices=["token", "decoder", "both"], default="both")
+    p.add_argument("--image-root", help="images folder (default DATA_ROOT/images)")
+    p.add_argument("--save-predictions", metavar="FILE.jsonl", help="one JSON line per expression")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-expressions", type=int, help="evaluate an evenly spaced subset")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="ground a phrase in an image (or a batch from a JSONL file)")
+    p.add_argument("checkpoint")
+    p.add_argument("--image", help="an image file, or a folder with --phrases")
+    p.add_argument("--text", help="the phrase")
+    p.add_argument("--phrases", metavar="FILE.jsonl",
+                   help='batch form: lines {"image": "NAME relative to --image", "text": "..."}')  # fmt: skip
+    p.add_argument("--out", help="single: PNG with the box drawn; batch: folder for drawn images")
+    p.add_argument("--output", metavar="FILE.jsonl", help="batch: write results here (default: stdout)")
+    p.add_argument("--json", action="store_true", help="single: print JSON with box and score")
+    p.add_argument("--branch", choices=["token", "decoder"], default="token")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="inference speed of a checkpoint on this machine")
+    p.add_argument("checkpoint")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--seconds", type=float, default=5.0, help="measuring time per setting")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simvg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from simvg.commands import COMMANDS
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        # Errors about the user's input (config, data, checkpoint, image, phrase) are
+        # reported as one clear line; anything else keeps its traceback.
+        if os.environ.get("SIMVG_DEBUG"):
+            raise
+        print(f"simvg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def print_json(data: dict) -> None:
+    print(json.dumps(data, indent=None, sort_keys=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

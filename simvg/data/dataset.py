@@ -1,0 +1,280 @@
+"""Torch dataset, preprocessing of one (image, phrase[, box]) sample, resumable sampler, collate."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from simvg.config import AugmentConfig
+from simvg.data.images import LoadedImage, load_image
+from simvg.data.records import GroundingRecord
+from simvg.data.transforms import (
+    Letterbox,
+    build_train_augmentation,
+    letterbox_resize,
+    original_to_letterbox,
+    pad_to_square,
+    swap_left_right,
+)
+
+
+class PhraseError(ValueError):
+    """An empty or unusable phrase."""
+
+
+@dataclass
+class Sample:
+    """One preprocessed sample.
+
+    image: (3, S, S) uint8 letterboxed image (normalisation happens in the model).
+    pixel_mask: (S, S) bool, True on image pixels, False on padding.
+    input_ids: token ids with [CLS]/[SEP], at most max_text_length.
+    target: (4,) normalised cx, cy, w, h in the letterbox frame, or None at inference.
+    """
+
+    image: torch.Tensor
+    pixel_mask: torch.Tensor
+    input_ids: list[int]
+    target: torch.Tensor | None
+    letterbox: Letterbox
+    phrase: str
+    meta: dict[str, Any]
+
+
+class Preprocessor:
+    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference."""
+
+    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None):
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.max_text_length = max_text_length
+        self.augmentation = build_train_augmentation(image_size, augment) if augment is not None else None
+
+    def tokenize(self, phrase: str, warn: bool = False) -> list[int]:
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise PhraseError(f"the phrase is empty: {phrase!r}; give a referring expression such as 'the red circle'")
+        ids = self.tokenizer(phrase.strip(), add_special_tokens=True, truncation=False)["input_ids"]
+        if len(ids) > self.max_text_length:
+            if warn:
+                kept = self.tokenizer.decode(ids[1 : self.max_text_length - 1])
+                warnings.warn(
+                    f"phrase truncated to {self.max_text_length} tokens (kept: '{kept}')",
+                    stacklevel=3,
+                )
+            ids = ids[: self.max_text_length - 1] + [ids[-1]]
+        return ids
+
+    def __call__(
+        self,
+        image: LoadedImage,
+        phrase: str,
+        box_xyxy: Sequence[float] | None = None,
+        seed: int | None = None,
+        warn_truncation: bool = False,
+        meta: dict[str, Any] | None = None,
+    ) -> Sample:
+        size = self.image_size
+        resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
+        target_xyxy = original_to_letterbox(tuple(box_xyxy), letterbox) if box_xyxy is not None else None
+        augmented = None
+        if self.augmentation is not None and target_xyxy is not None:
+            self.augmentation.set_random_seed(seed if seed is not None else 0)
+            h, w = resized.shape[:2]
+            clipped = [max(0.0, target_xyxy[0]), max(0.0, target_xyxy[1]), min(w, target_xyxy[2]), min(h, target_xyxy[3])]
+            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=[clipped], labels=[0])
+            if len(out["bboxes"]) == 1:
+                augmented = out
+        if augmented is not None:
+            pixels, mask = augmented["image"], augmented["mask"].astype(bool)
+            target_xyxy = [float(v) for v in augmented["bboxes"][0]]
+            if any(name == "HorizontalFlip" for name, _ in augmented["applied_transforms"]):
+                phrase = swap_left_right(phrase)
+        else:
+            pixels, mask = pad_to_square(resized, size)
+        target = None
+        if target_xyxy is not None:
+            x0, y0, x1, y1 = target_xyxy
+            target = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / size
+        return Sample(
+            image=torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous(),
+            pixel_mask=torch.from_numpy(mask),
+            input_ids=self.tokenize(phrase, warn=warn_truncation),
+            target=target,
+            letterbox=letterbox,
+            phrase=phrase,
+            meta=meta or {},
+        )
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed that depends only on (seed, epoch, index), never on workers or resumption."""
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**31 - 1)
+
+
+class GroundingDataset(Dataset):
+    """Referring-expression samples from records.
+
+    Training (``train=True``): one item per record; each epoch draws one of its expressions.
+    Evaluation: one item per (record, expression), so every expression is counted once.
+    Items are addressed by *keys* ``epoch * len(self) + index`` (see :class:`StepSampler`),
+    so the random draws depend only on the key: a resumed run sees the same samples.
+    """
+
+    def __init__(
+        self,
+        records: list[GroundingRecord],
+        preprocessor: Preprocessor,
+        train: bool,
+        seed: int = 0,
+        max_items: int | None = None,
+    ):
+        self.records = records
+        self.preprocessor = preprocessor
+        self.train = train
+        self.seed = seed
+        if train:
+            self.items = [(i, -1) for i in range(len(records))]
+        else:
+            self.items = [(i, j) for i, r in enumerate(records) for j in range(len(r.expressions))]
+            if max_items is not None and len(self.items) > max_items:
+                # An evenly spaced subset keeps every split's mix of expression types.
+                picks = np.linspace(0, len(self.items) - 1, max_items).round().astype(int)
+                self.items = [self.items[k] for k in picks]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int) -> Sample:
+        if not self.train and not 0 <= key < len(self.items):
+            raise IndexError(key)
+        epoch, index = divmod(int(key), len(self.items))
+        record_index, expression_index = self.items[index]
+        record = self.records[record_index]
+        seed = sample_seed(self.seed, epoch, index)
+        if expression_index < 0:
+            expression_index = int(np.random.default_rng(seed).integers(len(record.expressions)))
+        image = load_image(record.image_path)
+        if (image.width, image.height) != (record.width, record.height):
+            raise ValueError(
+                f"{record.image_path}: image is {image.width}x{image.height} but its record "
+                f"(ref_id {record.ref_id}) says {record.width}x{record.height}"
+            )
+        types = record.expression_types
+        meta = {
+            "record_index": record_index,
+            "expression_index": expression_index,
+            "ref_id": record.ref_id,
+            "expression_type": types[expression_index] if types else None,
+        }
+        return self.preprocessor(
+            image,
+            record.expressions[expression_index],
+            record.box_xyxy,
+            seed=seed if self.train else None,
+            meta=meta,
+        )
+
+
+class StepSampler(Sampler[list[int]]):
+    """Batches of dataset keys for a step-based run, resumable at any step.
+
+    Each epoch is a permutation seeded by (seed, epoch); the stream of keys runs across
+    epoch boundaries. With ``world_size`` > 1 every rank takes a disjoint stride of each
+    permutation. Step ``i`` always gets the same keys, so starting at ``start_step`` is an
+    exact continuation.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        num_steps: int,
+        seed: int = 0,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if num_items < world_size:
+            raise ValueError(f"dataset has {num_items} items, fewer than the {world_size} processes")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.num_steps = num_steps
+        self.seed = seed
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+        self.per_epoch = num_items // world_size
+
+    def _keys(self, start: int) -> Iterator[int]:
+        epoch, offset = divmod(start, self.per_epoch)
+        while True:
+            generator = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
+            order = torch.randperm(self.num_items, generator=generator)[self.rank :: self.world_size]
+            for index in order[offset : self.per_epoch].tolist():
+                yield epoch * self.num_items + index
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        keys = self._keys(self.start_step * self.batch_size)
+        for _ in range(self.start_step, self.num_steps):
+            yield [next(keys) for _ in range(self.batch_size)]
+
+    def __len__(self) -> int:
+        return max(0, self.num_steps - self.start_step)
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    images: (B, 3, S, S) uint8; pixel_mask: (B, S, S) bool; input_ids, text_mask: (B, L);
+    targets: (B, 4) normalised cx, cy, w, h, or None.
+    """
+
+    images: torch.Tensor
+    pixel_mask: torch.Tensor
+    input_ids: torch.Tensor
+    text_mask: torch.Tensor
+    targets: torch.Tensor | None
+    letterboxes: list[Letterbox]
+    phrases: list[str]
+    meta: list[dict[str, Any]]
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
+        return Batch(
+            move(self.images), move(self.pixel_mask), move(self.input_ids), move(self.text_mask),
+            move(self.targets), self.letterboxes, self.phrases, self.meta,
+        )  # fmt: skip
+
+
+class Collator:
+    """Stacks samples and pads token ids with the tokenizer's pad id."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        length = max(len(s.input_ids) for s in samples)
+        input_ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
+        text_mask = torch.zeros((len(samples), length), dtype=torch.bool)
+        for i, s in enumerate(samples):
+            input_ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
+            text_mask[i, : len(s.input_ids)] = True
+        has_targets = all(s.target is not None for s in samples)
+        return Batch(
+            images=torch.stack([s.image for s in samples]),
+            pixel_mask=torch.stack([s.pixel_mask for s in samples]),
+            input_ids=input_ids,
+            text_mask=text_mask,
+            targets=torch.stack([s.target for s in samples]) if has_targets else None,
+            letterboxes=[s.letterbox for s in samples],
+            phrases=[s.phrase for s in samples],
+            meta=[s.meta for s in samples],
+        )

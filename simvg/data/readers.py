@@ -1,0 +1,65 @@
+"""``load_records``: one entry point over the dataset layouts users already have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simvg.data.records import DataFormatError, GroundingRecord
+from simvg.data.refer_layout import REFER_DATASETS, read_refer_layout, refs_file
+from simvg.data.simvg_layout import annotation_file, read_simvg_layout
+
+
+def available_datasets(data_root: str | Path) -> list[str]:
+    """Dataset names readable under ``data_root`` (SimVG layout first, then refer layout)."""
+    data_root = Path(data_root)
+    names = []
+    annotations = data_root / "annotations"
+    if annotations.is_dir():
+        names += sorted(p.parent.name for p in annotations.glob("*/instances.json"))
+    names += [n for n in REFER_DATASETS if n not in names and refs_file(data_root, n).is_file()]
+    return names
+
+
+def load_records(
+    data_root: str | Path,
+    dataset: str,
+    split: str,
+    image_root: str | Path | None = None,
+    check_images: bool = True,
+) -> list[GroundingRecord]:
+    """Read one split of a referring-expression dataset.
+
+    data_root: the data folder (``annotations/<dataset>/instances.json`` for the SimVG
+        layout, which takes precedence, or ``<refcoco|refcoco+|refcocog>/refs(<by>).p``
+        plus ``instances.json`` for the refer-toolkit layout).
+    dataset: e.g. ``refcoco-unc``, ``refcocoplus-unc``, ``refcocog-umd``, ``synthref``.
+    split: e.g. ``train``, ``val``, ``testA``, ``testB``.
+    image_root: where images live; defaults to ``data_root/images``.
+    check_images: raise if any image file is missing (the error names its path).
+
+    Returns records whose ``box_xyxy`` are float pixels of the original image.
+    """
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise FileNotFoundError(f"data root not found: {data_root}")
+    image_root = Path(image_root) if image_root is not None else data_root / "images"
+    if annotation_file(data_root, dataset).is_file():
+        records = read_simvg_layout(data_root, dataset, split, image_root)
+    elif dataset in REFER_DATASETS and refs_file(data_root, dataset).is_file():
+        records = read_refer_layout(data_root, dataset, split, image_root)
+    else:
+        available = available_datasets(data_root)
+        raise DataFormatError(
+            f"unknown dataset '{dataset}' under {data_root}: expected "
+            f"{annotation_file(data_root, dataset)}"
+            + (f" or {refs_file(data_root, dataset)}" if dataset in REFER_DATASETS else "")
+            + f"; available: {', '.join(available) if available else 'none'}"
+        )
+    if check_images:
+        for path in sorted({r.image_path for r in records}):
+            if not path.is_file():
+                ref = next(r for r in records if r.image_path == path)
+                raise FileNotFoundError(
+                    f"image not found: {path} (dataset '{dataset}', split '{split}', ref_id {ref.ref_id})"
+                )
+    return records

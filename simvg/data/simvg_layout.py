@@ -1,0 +1,125 @@
+"""Reader for the SeqTR/SimVG layout: ``data_root/annotations/<dataset>/instances.json``.
+
+The file is a dict split -> list of records ``{image_id, bbox (COCO xywh), expressions,
+height, width, ...}``. Images resolve as SimVG does: COCO-based datasets to
+``images/mscoco/train2014/COCO_train2014_%012d.jpg``, ReferItGame to
+``images/saiapr_tc-12/%d.jpg``, Flickr30k to ``images/flickr30k/%d.jpg``; a record with a
+``file_name`` field (e.g. SynthRef, or a user's own data) resolves to
+``images/<dataset>/<file_name>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from simvg.data.records import DataFormatError, GroundingRecord, xywh_to_xyxy
+
+COCO_TEMPLATE = "mscoco/train2014/COCO_train2014_%012d.jpg"
+IMAGE_TEMPLATES = {
+    "refcoco-unc": COCO_TEMPLATE,
+    "refcocoplus-unc": COCO_TEMPLATE,
+    "refcocog-umd": COCO_TEMPLATE,
+    "refcocog-google": COCO_TEMPLATE,
+    "referitgame-berkeley": "saiapr_tc-12/%d.jpg",
+    "flickr30k": "flickr30k/%d.jpg",
+}
+MIXED_TEMPLATES = {"coco": COCO_TEMPLATE, "flickr": "flickr30k/%d.jpg", "referit": "saiapr_tc-12/%d.jpg"}
+
+
+def annotation_file(data_root: Path, dataset: str) -> Path:
+    return data_root / "annotations" / dataset / "instances.json"
+
+
+def _image_relpath(dataset: str, raw: dict[str, Any]) -> str:
+    if "file_name" in raw:
+        return f"{dataset}/{raw['file_name']}"
+    image_id = int(raw["image_id"])
+    if dataset in IMAGE_TEMPLATES:
+        return IMAGE_TEMPLATES[dataset] % image_id
+    if dataset == "mixed":
+        source = str(raw.get("data_source", "coco"))
+        for key, template in MIXED_TEMPLATES.items():
+            if key in source:
+                return template % image_id
+    raise KeyError("file_name")
+
+
+def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, image_root: Path) -> GroundingRecord:
+    ident = raw.get("ref_id", index) if isinstance(raw, dict) else index
+    where = f"{path}: split '{split}', record {index} (ref_id {ident})"
+    if not isinstance(raw, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    missing = [k for k in ("image_id", "bbox", "expressions") if k not in raw]
+    if missing:
+        raise DataFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+    bbox = raw["bbox"]
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
+        raise DataFormatError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        raise DataFormatError(f"{where}: bbox has non-positive width or height: {bbox!r}")
+    expressions = raw["expressions"]
+    if (
+        not isinstance(expressions, list)
+        or not expressions
+        or not all(isinstance(e, str) and e.strip() for e in expressions)
+    ):
+        raise DataFormatError(f"{where}: expressions must be a non-empty list of non-empty strings")
+    types = raw.get("expression_types")
+    if types is not None and (not isinstance(types, list) or len(types) != len(expressions)):
+        raise DataFormatError(f"{where}: expression_types must be a list parallel to expressions")
+    for key in ("width", "height"):
+        value = raw.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise DataFormatError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    try:
+        relpath = _image_relpath(dataset, raw)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataFormatError(
+            f"{where}: cannot resolve the image path; add a 'file_name' field ({err})"
+        ) from err
+    known = {"image_id", "bbox", "expressions", "expression_types", "width", "height", "ref_id", "file_name"}
+    return GroundingRecord(
+        image_path=image_root / relpath,
+        box_xyxy=xywh_to_xyxy(bbox),
+        expressions=[e.strip() for e in expressions],
+        ref_id=ident,
+        image_id=raw["image_id"],
+        width=raw["width"],
+        height=raw["height"],
+        expression_types=types,
+        dataset=dataset,
+        split=split,
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def read_split_names(path: Path) -> list[str]:
+    return list(_load_json(path))
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: expected a JSON object mapping split names to record lists")
+    return data
+
+
+def read_simvg_layout(data_root: Path, dataset: str, split: str, image_root: Path) -> list[GroundingRecord]:
+    """Read one split of ``data_root/annotations/<dataset>/instances.json``."""
+    path = annotation_file(data_root, dataset)
+    data = _load_json(path)
+    if split not in data:
+        raise DataFormatError(f"{path}: no split '{split}'; available splits: {', '.join(data)}")
+    raws = data[split]
+    if not isinstance(raws, list):
+        raise DataFormatError(f"{path}: split '{split}' must be a list of records")
+    return [_parse_record(raw, i, dataset, split, path, image_root) for i, raw in enumerate(raws)]

@@ -1,0 +1,162 @@
+"""``simvg distill``: one teacher, several teachers averaged, or several teachers merged (TAKFL)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import torch
+
+from distill.takfl import (
+    merge_task_vectors,
+    select_lambdas,
+    task_vector,
+    tune_lambdas,
+    uniform_lambdas,
+)
+from simvg.config import Config
+from simvg.distillation.loss import DistillationLoss
+from simvg.distillation.student import build_student
+from simvg.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from simvg.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
+from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
+from simvg.engine.tasks import build_datasets, quiet_transformers
+from simvg.engine.train import TrainingTask, fit
+from simvg.models.criterion import box_losses
+
+
+def load_teachers(paths: list[str]) -> list[dict]:
+    teachers = []
+    for path in paths:
+        model, tokenizer, config, meta = load_checkpoint(path)
+        teachers.append({"path": str(path), "model": model, "tokenizer": tokenizer, "config": config, "meta": meta})
+    vocabularies = {t["meta"]["vocab_size"] for t in teachers}
+    if len(vocabularies) > 1:
+        raise ValueError(f"teachers use different vocabularies ({sorted(vocabularies)} tokens): they must share a tokenizer")
+    return teachers
+
+
+def _task(config: Config, module: DistillationLoss, student, backbone: dict, tokenizer, data_root, extra: dict) -> TrainingTask:
+    train_set, val_set = build_datasets(config, data_root, tokenizer)
+    return TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
+                        tokenizer=tokenizer, train_dataset=train_set, val_dataset=val_set, eval_branches=("token",),
+                        checkpoint_extra=extra)  # fmt: skip
+
+
+def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
+                resume: bool, stop_after: int | None, progress: bool, start: dict | None = None) -> dict:  # fmt: skip
+    """Distil from ``teachers`` (averaged if several) into a fresh student; returns fit's summary."""
+    first = teachers[0]
+    student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
+                                              first["meta"]["vocab_size"], base)  # fmt: skip
+    start_model = None
+    if start is not None:  # TAKFL: every per-teacher student starts from the same weights
+        student.load_state_dict(start)
+        start_model = copy.deepcopy(student)
+    module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model=start_model)
+    extra = {"teachers": [t["path"] for t in teachers], "distilled": True}
+    task = _task(config, module, student, backbone, first["tokenizer"], data_root, extra)
+    return fit(task, output, context, resume=resume, stop_after=stop_after, progress=progress)
+
+
+def lambda_candidates(k: int) -> list[list[float]]:
+    """Uniform, each teacher alone, and a small grid of task-arithmetic weights."""
+    grid = [list(c) for c in itertools.product((0.25, 0.5, 0.75, 1.0), repeat=k)] if k <= 3 else []
+    singles = [[1.0 if i == j else 0.0 for i in range(k)] for j in range(k)]
+    candidates = [uniform_lambdas(k)] + singles + grid
+    unique = []
+    for c in candidates:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
+                  resume: bool, stop_after: int | None, progress: bool) -> dict:  # fmt: skip
+    """TAKFL: a student per teacher from the same start, then θ = θ₀ + Σ λ_j (θ_j − θ₀) with λ
+    chosen on the validation split; the merged student is saved as OUTPUT/last and best."""
+    first = teachers[0]
+    student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
+                                              first["meta"]["vocab_size"], base)  # fmt: skip
+    start_state = {k: v.clone() for k, v in student.state_dict().items()}
+    summaries = []
+    for j, teacher in enumerate(teachers):
+        out_j = output / f"teacher{j}"
+        finished = (out_j / "last" / "trainer_state.json").is_file() and json.loads(
+            (out_j / "last" / "trainer_state.json").read_text()
+        )["step"] >= base.train.max_steps
+        if finished:
+            summaries.append({"teacher": teacher["path"], "skipped": "already distilled"})
+            continue
+        if context.is_main:
+            print(f"TAKFL: distilling from teacher {j} ({teacher['path']})")
+        summary = distill_one([teacher], base, data_root, out_j, context, resume and (out_j / "last").exists(),
+                              stop_after, progress, start=start_state)  # fmt: skip
+        summaries.append({"teacher": teacher["path"], **summary})
+        if summary["reason"] != "finished":
+            return {"stage": f"teacher{j}", **summary}
+    if not context.is_main:
+        return {"stage": "merged"}
+    vectors = [task_vector(start_state, load_checkpoint(output / f"teacher{j}" / "last")[0].state_dict())
+               for j in range(len(teachers))]  # fmt: skip
+    _, val_set = build_datasets(config, data_root, first["tokenizer"], train=False)
+    if val_set is None:
+        raise ValueError("TAKFL chooses λ on a validation split: set data.val_split")
+    loader = evaluation_loader(val_set, config.train.eval_batch_size, 0, first["tokenizer"].pad_token_id)
+
+    def evaluate(state: dict) -> float:
+        student.load_state_dict(state)
+        return summarize(predict_split(student, loader, ("token",), context.device))["token"]["acc@0.5"]
+
+    mode = base.distill.merge_lambdas
+    scores: list[float] = []
+    if mode == "uniform":
+        lambdas = uniform_lambdas(len(vectors))
+    elif mode == "candidates":
+        candidates = lambda_candidates(len(vectors))
+        lambdas, scores = select_lambdas(start_state, vectors, candidates, evaluate)
+    elif mode == "tuned":
+        def loss_fn(model, batch):
+            out = model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
+            l1, giou = box_losses(out["token"]["boxes"], batch.targets)
+            return base.loss.l1 * l1 + base.loss.giou * giou
+
+        student.eval()
+        lambdas = tune_lambdas(student, start_state, vectors, loss_fn, loader, steps=50).tolist()
+    else:
+        raise ValueError(f"unknown distill.merge_lambdas '{mode}'; choose uniform, candidates or tuned")
+    merged = merge_task_vectors(start_state, vectors, lambdas)
+    student.load_state_dict(merged)
+    accuracy = evaluate(merged)
+    extra = {"teachers": [t["path"] for t in teachers], "distilled": True, "merge": "takfl",
+             "lambdas": lambdas, "lambda_scores": scores, "val_acc@0.5": accuracy}  # fmt: skip
+    for name in ("last", "best"):
+        save_checkpoint(output / name, student, config, backbone, first["tokenizer"], extra=extra)
+    print(f"TAKFL merge: λ = {[round(v, 3) for v in lambdas]}, val token Acc@0.5 {accuracy:.2f}")
+    return {"stage": "merged", "lambdas": lambdas, "val_acc@0.5": accuracy, "runs": summaries}
+
+
+def distill_command(config: Config, args: argparse.Namespace) -> int:
+    quiet_transformers()
+    output = Path(args.output)
+    for path in args.teacher:
+        resolve_checkpoint(path)
+    teachers = load_teachers(args.teacher)
+    context = setup_distributed(args.device)
+    try:
+        kwargs = dict(context=context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+        if len(teachers) > 1 and config.distill.merge == "takfl":
+            summary = distill_takfl(teachers, config, args.data_root, output, **kwargs)
+        elif len(teachers) == 1 or config.distill.merge == "average":
+            summary = distill_one(teachers, config, args.data_root, output, **kwargs)
+        else:
+            raise ValueError(f"unknown distill.merge '{config.distill.merge}'; choose takfl or average")
+    finally:
+        cleanup_distributed()
+    if context.is_main:
+        print(json.dumps(summary, default=float))
+    torch.set_grad_enabled(True)
+    return 0

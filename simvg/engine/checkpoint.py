@@ -1,0 +1,186 @@
+"""Checkpoints: a directory with ``config.json``, ``model.safetensors`` and tokenizer files.
+
+Nothing is ever unpickled: weights and optimizer tensors are safetensors, everything else
+JSON. Directories are written atomically (written beside the target, then renamed), so an
+interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from simvg.config import Config, ConfigError, from_dict, to_dict
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names what is wrong."""
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_atomically(target: Path, write: Any) -> None:
+    """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``.
+
+    The old ``target`` (if any) is renamed to ``<target>.old`` first and removed after the
+    new one is in place; :func:`resolve_checkpoint` falls back to ``.old`` if a crash
+    happened in between.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        old = target.with_name(target.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory at ``path`` (or its ``.old`` copy after an interrupted save)."""
+    path = Path(path)
+    if not path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.is_dir():
+            return old
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory (expected {CONFIG_FILE} and {WEIGHTS_FILE} inside)")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {name}")
+    return path
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    config: Config,
+    backbone_config: dict,
+    tokenizer: Any,
+    extra: dict | None = None,
+    training_state: dict | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Write a checkpoint directory atomically.
+
+    extra: JSON-serialisable information saved in config.json (e.g. metrics, step).
+    training_state: JSON-serialisable loop state for ``--resume`` (with ``optimizer``).
+    """
+
+    def write(tmp: Path) -> None:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": to_dict(config),
+            "backbone_config": backbone_config,
+            "vocab_size": len(tokenizer),
+            **(extra or {}),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        tokenizer.save_pretrained(str(tmp))
+        if training_state is not None:
+            tensors = {"rng.torch": torch.get_rng_state()}
+            state = dict(training_state)
+            if optimizer is not None:
+                tensors |= optimizer_tensors(optimizer)
+                state["param_groups"] = optimizer_groups(optimizer)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+
+    write_atomically(Path(directory), write)
+
+
+def read_checkpoint_config(directory: str | Path) -> dict:
+    path = resolve_checkpoint(directory) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON: {err}") from err
+    for key in ("config", "backbone_config", "vocab_size"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: missing '{key}'")
+    return meta
+
+
+def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
+    """Rebuild the model from a checkpoint directory.
+
+    Returns (model, tokenizer, config, meta); the model is in eval mode on ``map_location``.
+    """
+    from simvg.models import build_model
+    from simvg.models.pretrained import load_tokenizer
+
+    directory = resolve_checkpoint(directory)
+    meta = read_checkpoint_config(directory)
+    try:
+        config = from_dict(Config, meta["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
+    tokenizer_files = ["tokenizer.json", "vocab.txt"]
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        raise CheckpointError(f"checkpoint {directory} is missing its tokenizer files ({' or '.join(tokenizer_files)})")
+    tokenizer = load_tokenizer(str(directory))
+    model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
+    try:
+        load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=map_location)
+    except (RuntimeError, OSError) as err:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the model in {CONFIG_FILE}: {err}") from err
+    return model.to(map_location).eval(), tokenizer, config, meta
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {
+        f"optim.{index}.{name}": (value if torch.is_tensor(value) else torch.tensor(value)).contiguous()
+        for index, entries in state.items()
+        for name, value in entries.items()
+    }
+
+
+def optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    return optimizer.state_dict()["param_groups"]
+
+
+def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore the optimizer and the torch RNG from ``directory``; returns the loop state."""
+    directory = resolve_checkpoint(directory)
+    state_path, tensor_path = directory / STATE_FILE, directory / OPTIMIZER_FILE
+    if not state_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(f"{directory} holds no training state ({STATE_FILE}, {OPTIMIZER_FILE}): cannot resume from it")
+    state = json.loads(state_path.read_text())
+    tensors = load_file(str(tensor_path))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    if optimizer is not None:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            per_param.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return state

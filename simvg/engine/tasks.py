@@ -1,0 +1,105 @@
+"""Building what ``simvg train`` trains: tokenizer, datasets, model and its loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simvg.config import Config
+from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
+from simvg.data.readers import load_records
+from simvg.data.records import GroundingRecord
+from simvg.engine.train import TrainingTask
+from simvg.models import GroundingCriterion, build_model
+from simvg.models.pretrained import MINILM_ALIAS, load_tokenizer
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' load reports (e.g. the unused pooler of a text checkpoint)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def tokenizer_source(config: Config) -> str:
+    encoder = config.model.encoder
+    return encoder.tokenizer or encoder.pretrained or MINILM_ALIAS
+
+
+class GroundingLoss(nn.Module):
+    """The model plus its criterion: forward(batch) -> (weighted total, logs)."""
+
+    def __init__(self, model: nn.Module, criterion: GroundingCriterion):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = self.model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
+        losses, stats = self.criterion(outputs, batch.targets)
+        total = self.criterion.total(losses, self.model.config.head.decoder_layers)
+        return total, {k: float(v.detach()) for k, v in losses.items()} | stats
+
+
+def filter_expression_types(records: list[GroundingRecord], types: list[str]) -> list[GroundingRecord]:
+    """Keep only expressions of the given types (records left with none are dropped)."""
+    kept = []
+    for record in records:
+        if record.expression_types is None:
+            raise ValueError(
+                f"data.train_expression_types needs typed expressions, but {record.image_path} "
+                f"(ref_id {record.ref_id}) has no expression_types"
+            )
+        pairs = [(e, t) for e, t in zip(record.expressions, record.expression_types) if t in types]
+        if pairs:
+            kept.append(dataclasses.replace(record, expressions=[e for e, _ in pairs], expression_types=[t for _, t in pairs]))
+    if not kept:
+        raise ValueError(f"no training expression has a type in {types}")
+    return kept
+
+
+def build_datasets(
+    config: Config, data_root: str | Path, tokenizer, train: bool = True
+) -> tuple[GroundingDataset | None, GroundingDataset | None]:
+    """The training dataset (augmented) and the validation dataset (or None if no val split)."""
+    data = config.data
+    model = config.model
+    train_set = None
+    if train:
+        records = load_records(data_root, data.dataset, data.train_split, data.image_root)
+        if data.train_expression_types is not None:
+            records = filter_expression_types(records, data.train_expression_types)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
+        train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed)
+    val_set = None
+    if data.val_split:
+        records = load_records(data_root, data.dataset, data.val_split, data.image_root)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length)
+        val_set = GroundingDataset(records, preprocessor, train=False, max_items=data.val_max_expressions)
+    return train_set, val_set
+
+
+def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
+    """Tokenizer, datasets, a fresh SimVG (pretrained encoder) and its DETR/DWBD loss."""
+    quiet_transformers()
+    tokenizer = load_tokenizer(tokenizer_source(config))
+    train_set, val_set = build_datasets(config, data_root, tokenizer)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, len(tokenizer))
+    branches = ("token", "decoder") if config.model.head.use_decoder else ("token",)
+    return TrainingTask(
+        config=config,
+        module=GroundingLoss(model, GroundingCriterion(config.loss)),
+        export_model=model,
+        backbone_config=model.encoder.backbone_config(),
+        tokenizer=tokenizer,
+        train_dataset=train_set,
+        val_dataset=val_set,
+        eval_branches=branches,
+    )

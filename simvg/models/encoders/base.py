@@ -1,0 +1,42 @@
+"""The interface every encoder backend returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Images enter the model as uint8; every backend normalises them the same way (ViLT's).
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float in [-1, 1]."""
+    return (images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+@dataclass
+class EncoderOutput:
+    """What the single-stream encoder hands to the heads.
+
+    object_token: (B, D) the encoder's own object (vision CLS) token.
+    visual_tokens: (B, N, D) image tokens, row-major over a grid of ``grid`` = (h, w).
+    visual_mask: (B, N) bool, True where the token covers image pixels (not padding).
+    text_tokens: (B, L, D); text_mask: (B, L) bool.
+    stem_features: feature maps of the visual stem stages (hybrid only), for distillation.
+    """
+
+    object_token: torch.Tensor
+    visual_tokens: torch.Tensor
+    visual_mask: torch.Tensor
+    grid: tuple[int, int]
+    text_tokens: torch.Tensor
+    text_mask: torch.Tensor
+    stem_features: list[torch.Tensor]
+
+
+def token_grid_mask(pixel_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, S, S) bool pixel mask -> (B, h*w) bool: a token is valid if its cell has any image pixel."""
+    pooled = torch.nn.functional.adaptive_max_pool2d(pixel_mask[:, None].float(), grid)
+    return pooled.flatten(1) > 0

@@ -1,0 +1,92 @@
+"""SimVG: a single-stream encoder does all image-text fusion; a tiny head localises."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from simvg.config import ModelConfig
+from simvg.models.encoders import build_encoder
+from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
+from simvg.models.heads.position_encoding import sine_position_encoding
+from simvg.models.heads.token_branch import MultiBranchTokenHead
+
+
+@lru_cache(maxsize=16)
+def _cached_position_encoding(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    return sine_position_encoding(grid, dim)
+
+
+class SimVG(nn.Module):
+    """The grounding model.
+
+    forward(images (B, 3, S, S) uint8, pixel_mask (B, S, S) bool, input_ids (B, L),
+    text_mask (B, L) bool) returns a dict:
+      "token": {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)} (+ "branches",
+        "gate" with ONE heads),
+      "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
+        branch runs,
+      "object_token": (B, D) the fused token the token branch reads.
+    Boxes are normalised cx, cy, w, h in the letterbox frame; class 0 = object.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, backbone_config: dict | None = None):
+        super().__init__()
+        self.config = config
+        head = config.head
+        self.encoder = build_encoder(config, vocab_size, backbone_config)
+        width = self.encoder.hidden_size
+        dim = head.hidden_dim
+        self.object_proj = nn.Linear(width, dim)
+        self.text_proj = nn.Linear(width, dim)
+        self.query_generator = TextGuidedQueryGenerator(
+            dim, head.num_queries, head.tqg_layers, head.tqg_heads, head.tqg_ffn, head.dropout
+        )
+        if head.token_branches > 1:
+            self.token_head: nn.Module = MultiBranchTokenHead(
+                dim, head.token_branches, head.box_mlp_layers, head.deploy_branch
+            )
+        else:
+            self.token_head = TokenBranch(dim, head.box_mlp_layers)
+        self.visual_proj = nn.Linear(width, dim)
+        self.decoder_branch = None
+        if head.use_decoder:
+            self.decoder_branch = DecoderBranch(
+                dim, head.decoder_layers, head.decoder_heads, head.decoder_ffn, head.dropout, head.box_mlp_layers
+            )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        use_decoder: bool | None = None,
+    ) -> dict:
+        encoded = self.encoder(images, pixel_mask, input_ids, text_mask)
+        text = self.text_proj(encoded.text_tokens)
+        queries = self.query_generator(text, encoded.text_mask)
+        object_token = self.object_proj(encoded.object_token) + queries[:, 0]
+        visual = self.visual_proj(encoded.visual_tokens)
+        out: dict = {
+            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid),
+            "object_token": object_token,
+            "grid": encoded.grid,
+        }
+        run_decoder = self.decoder_branch is not None if use_decoder is None else use_decoder
+        if run_decoder:
+            if self.decoder_branch is None:
+                raise ValueError("this model has no decoder branch (head.use_decoder is false); use the token branch")
+            pos = _cached_position_encoding(encoded.grid, visual.shape[-1]).to(visual.device)
+            out["decoder"] = self.decoder_branch(
+                visual, ~encoded.visual_mask, pos, queries, encoded.grid, all_layers=self.training
+            )
+        return out
+
+
+def build_model(config: ModelConfig, vocab_size: int, backbone_config: dict | None = None) -> SimVG:
+    """A SimVG model; pretrained encoder weights are loaded unless ``backbone_config`` is given
+    (then only the structure is built, for loading a checkpoint)."""
+    return SimVG(config, vocab_size, backbone_config)

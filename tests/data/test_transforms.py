@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from simvg.config import AugmentConfig
+from simvg.data.dataset import PhraseError, Preprocessor
+from simvg.data.images import LoadedImage
+from simvg.data.transforms import letterbox_to_original, swap_left_right
+from simvg.models.pretrained import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm-l6")
+
+
+def scene(width: int, height: int, box: tuple[int, int, int, int]) -> LoadedImage:
+    pixels = np.full((height, width, 3), 90, np.uint8)
+    x0, y0, x1, y1 = box
+    pixels[y0:y1, x0:x1] = (250, 10, 10)
+    return LoadedImage(pixels, width, height)
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (333, 1000), (97, 61), (64, 64), (1999, 37)])
+def test_boxes_exact_through_letterbox_and_back(tokenizer, width, height):
+    pre = Preprocessor(tokenizer, image_size=160, max_text_length=20)
+    rng = np.random.default_rng(width)
+    x0, y0 = rng.uniform(0, width * 0.5), rng.uniform(0, height * 0.5)
+    box = (x0, y0, x0 + rng.uniform(1, width * 0.5), y0 + rng.uniform(1, height * 0.5))
+    sample = pre(LoadedImage(np.zeros((height, width, 3), np.uint8), width, height), "thing", box)
+    assert sample.image.shape == (3, 160, 160) and sample.image.dtype == torch.uint8
+    back = letterbox_to_original(sample.target[None], 160, [sample.letterbox])[0]
+    assert torch.allclose(back, torch.tensor(box, dtype=back.dtype), atol=0.5)
+    # The pixel mask covers exactly the resized image at the top-left.
+    valid_w, valid_h = round(width * 160 / max(width, height)), round(height * 160 / max(width, height))
+    assert sample.pixel_mask.sum() == max(1, valid_w) * max(1, valid_h)
+    assert sample.pixel_mask[0, 0]
+
+
+def test_pre_downscaled_pixels_map_to_original_frame(tokenizer):
+    # A 4000x2000 photo decoded at 1000x500 (as load_image does for huge files).
+    image = LoadedImage(np.zeros((500, 1000, 3), np.uint8), 4000, 2000)
+    pre = Preprocessor(tokenizer, image_size=128, max_text_length=20)
+    box = (1000.0, 500.0, 3000.0, 1500.0)
+    sample = pre(image, "x", box)
+    back = letterbox_to_original(sample.target[None], 128, [sample.letterbox])[0]
+    assert torch.allclose(back, torch.tensor(box, dtype=back.dtype), atol=0.5)
+
+
+def test_swap_left_right_on_word_boundaries():
+    assert swap_left_right("the bright cup on the left") == "the bright cup on the right"
+    assert swap_left_right("Left of the rightmost star, right?") == "Right of the leftmost star, left?"
+    assert swap_left_right("leftover copyright brightly") == "leftover copyright brightly"
+    assert swap_left_right("LEFT-most") == "RIGHT-most"
+
+
+def red_fraction(sample, box_xyxy) -> float:
+    x0, y0, x1, y1 = (int(round(v)) for v in box_xyxy)
+    crop = sample.image[:, y0:y1, x0:x1].float()
+    red = (crop[0] > 150) & (crop[1] < 90) & (crop[2] < 90)
+    return float(red.float().mean())
+
+
+def test_flip_moves_the_box_and_swaps_words(tokenizer):
+    augment = AugmentConfig(scale=[1.0, 1.0], flip=1.0, color=0.0)
+    pre = Preprocessor(tokenizer, image_size=100, max_text_length=20, augment=augment)
+    sample = pre(scene(100, 100, (10, 40, 30, 60)), "the bright square on the left", (10, 40, 30, 60), seed=3)
+    assert sample.phrase == "the bright square on the right"
+    cx, cy, w, h = (sample.target * 100).tolist()
+    assert cx == pytest.approx(80, abs=0.6) and cy == pytest.approx(50, abs=0.6)
+    assert w == pytest.approx(20, abs=0.6) and h == pytest.approx(20, abs=0.6)
+    # The phrase's tokens are the swapped ones.
+    assert tokenizer.decode(sample.input_ids, skip_special_tokens=True) == "the bright square on the right"
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_augmented_box_follows_the_object(tokenizer, crop):
+    augment = AugmentConfig(scale=[0.5, 1.4], crop=crop, flip=0.5, color=1.0)
+    pre = Preprocessor(tokenizer, image_size=96, max_text_length=20, augment=augment)
+    image = scene(200, 150, (120, 30, 170, 90))
+    for seed in range(12):
+        sample = pre(image, "the red box", (120, 30, 170, 90), seed=seed)
+        cx, cy, w, h = (sample.target * 96).tolist()
+        box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        assert red_fraction(sample, (box[0] + 1, box[1] + 1, box[2] - 1, box[3] - 1)) > 0.9
+        # Valid pixels are exactly where the mask says (padding is black).
+        assert (sample.image[:, ~sample.pixel_mask] == 0).all()
+        if not crop:  # the whole image stays visible
+            assert sample.pixel_mask.sum() >= 0.45 * 96 * 72 * 0.45
+
+
+def test_same_seed_same_sample(tokenizer):
+    pre = Preprocessor(tokenizer, 64, 20, AugmentConfig())
+    image = scene(80, 60, (10, 10, 30, 30))
+    a = pre(image, "left one", (10, 10, 30, 30), seed=5)
+    b = pre(image, "left one", (10, 10, 30, 30), seed=5)
+    assert torch.equal(a.image, b.image) and torch.equal(a.target, b.target) and a.phrase == b.phrase
+
+
+def test_empty_phrase_and_truncation(tokenizer):
+    pre = Preprocessor(tokenizer, 64, max_text_length=8)
+    image = scene(32, 32, (0, 0, 5, 5))
+    for phrase in ["", "   ", "\n"]:
+        with pytest.raises(PhraseError, match="empty"):
+            pre(image, phrase)
+    with pytest.warns(UserWarning, match="truncated to 8 tokens"):
+        sample = pre(image, "the very small red circle to the left of the big blue square", warn_truncation=True)
+    assert len(sample.input_ids) == 8
+    assert sample.input_ids[0] == tokenizer.cls_token_id and sample.input_ids[-1] == tokenizer.sep_token_id

@@ -1,0 +1,110 @@
+"""``simvg distill``: a cheaper student from a teacher checkpoint, one or several teachers."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.cheap_conv import count_parameters
+from simvg import Grounder
+from simvg.cli import main
+from simvg.config import load_config
+from simvg.distillation.student import build_student
+from simvg.engine.checkpoint import load_checkpoint
+from tests.conftest import ROOT
+
+DISTILL_TINY = ROOT / "configs" / "distill_synthref_tiny.yaml"
+
+
+def distill(teachers, data_root, output, *extra):
+    args = ["distill", str(DISTILL_TINY), "--data-root", str(data_root), "--output", str(output), "--quiet"]
+    for teacher in teachers:
+        args += ["--teacher", str(teacher)]
+    return main(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def second_teacher(tiny_run, synthref_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher2") / "run"
+    config = ROOT / "configs" / "synthref_tiny.yaml"
+    args = ["train", str(config), "--data-root", str(synthref_root), "--output", str(out), "--quiet",
+            "--set", "train.seed=7", "--set", "data.train_expression_types=[relation, comparison]"]  # fmt: skip
+    assert main(args) == 0
+    return out / "last"
+
+
+def test_student_is_the_teacher_made_cheaper_and_starts_from_its_weights(tiny_run):
+    teacher, _, teacher_config, meta = load_checkpoint(tiny_run / "last")
+    base = load_config(DISTILL_TINY)
+    student, config, backbone = build_student(teacher, teacher_config, meta["backbone_config"], meta["vocab_size"], base)
+    assert backbone["num_hidden_layers"] == 1 and config.model.encoder.layers == [1]
+    assert config.model.head.token_branches == 2 and not config.model.head.use_decoder
+    assert count_parameters(student) < count_parameters(teacher)
+    # Student layer 0 is teacher layer 1; branch 0 of the ONE head is the teacher's token branch.
+    assert torch.equal(student.encoder.layers[0].output.dense.weight, teacher.encoder.layers[1].output.dense.weight)
+    assert torch.equal(student.token_head.one.branches[0].proj.weight, teacher.token_head.proj.weight)
+    assert not torch.equal(student.token_head.one.branches[1].proj.weight, teacher.token_head.proj.weight)
+    # The stem's 3x3 convolutions became depthwise-separable blocks.
+    names = [type(m).__name__ for m in student.encoder.stem.modules()]
+    assert "SeparableConv" in names
+    # The factorised embedding approximates the teacher's.
+    ids = torch.arange(100, 200)
+    err = (student.encoder.embeddings.word_embeddings(ids) - teacher.encoder.embeddings.word_embeddings(ids)).norm()
+    assert float(err) < float(teacher.encoder.embeddings.word_embeddings(ids).norm())
+
+
+def test_distilled_student_is_an_ordinary_checkpoint(tiny_run, synthref_root, tmp_path):
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "student") == 0
+    for name in ("last", "best"):
+        assert (tmp_path / "student" / name / "model.safetensors").is_file()
+    grounder = Grounder.from_pretrained(tmp_path / "student" / "last", device="cpu")
+    assert grounder.branches == ("token",)
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    single = grounder.predict(image, "the red star")
+    grounder.model.token_head.deploy_branch = None  # the gated ensemble instead of branch 0
+    ensemble = grounder.predict(image, "the red star")
+    assert len(single.box) == 4 and len(ensemble.box) == 4
+    with open(tmp_path / "student" / "train_log.csv") as f:
+        header = f.readline()
+    for loss in ("loss_gt_l1", "loss_one_l1", "loss_box_kd_l1", "loss_at", "loss_mimic"):
+        assert loss in header
+
+
+def test_distillation_resumes_exactly(tiny_run, synthref_root, tmp_path):
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight") == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--stop-after", "4") == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--resume") == 0
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_takfl_merges_students_distilled_from_each_teacher(tiny_run, second_teacher, synthref_root, tmp_path):
+    assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl") == 0
+    run = tmp_path / "takfl"
+    assert (run / "teacher0" / "last").is_dir() and (run / "teacher1" / "last").is_dir()
+    meta = json.loads((run / "last" / "config.json").read_text())
+    assert meta["merge"] == "takfl" and len(meta["lambdas"]) == 2 and len(meta["lambda_scores"]) > 2
+    # θ = θ0 + Σ λ_j (θ_j − θ0), with θ0 the shared start.
+    merged = load_file(str(run / "last" / "model.safetensors"))
+    first = load_file(str(run / "teacher0" / "last" / "model.safetensors"))
+    assert merged.keys() == first.keys()
+    Grounder.from_pretrained(run / "last", device="cpu")
+
+
+def test_averaged_teachers_baseline_is_one_run(tiny_run, second_teacher, synthref_root, tmp_path):
+    assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "avg",
+                   "--set", "distill.merge=average") == 0  # fmt: skip
+    assert (tmp_path / "avg" / "last").is_dir() and not (tmp_path / "avg" / "teacher0").exists()
+
+
+def test_bad_teacher_is_named(tiny_run, synthref_root, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run / "last", broken)
+    (broken / "config.json").unlink()
+    assert distill([broken], synthref_root, tmp_path / "out") == 2
+    assert "missing config.json" in capsys.readouterr().err

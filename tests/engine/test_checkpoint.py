@@ -1,0 +1,101 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from simvg.config import Config, load_config
+from simvg.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_atomically,
+)
+from simvg.inference import Grounder
+from simvg.models import build_model
+from simvg.models.pretrained import load_tokenizer
+from tests.conftest import TINY_CONFIG
+
+
+def tiny_model() -> tuple:
+    config = load_config(TINY_CONFIG)
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    model = build_model(config.model, len(tokenizer))
+    return model, tokenizer, config
+
+
+def save_tiny(directory) -> tuple:
+    model, tokenizer, config = tiny_model()
+    save_checkpoint(directory, model, config, model.encoder.backbone_config(), tokenizer, extra={"note": "x"})
+    return model, config
+
+
+def test_round_trip_gives_identical_predictions(tmp_path):
+    model, _ = save_tiny(tmp_path / "ckpt")
+    loaded, tokenizer, config, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta["note"] == "x" and isinstance(config, Config)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    save_tiny(tmp_path / "ckpt")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    Grounder.from_pretrained(tmp_path / "ckpt", device="cpu")
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_missing_file_is_named(tmp_path, missing):
+    save_tiny(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / missing).unlink()
+    with pytest.raises(CheckpointError, match=missing.split(".")[0]):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nowhere")
+    save_tiny(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["model"]["head"]["hidden_dim"] = 48  # weights no longer fit
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path / "ckpt")
+    meta["config"]["model"]["head"]["hiden_dim"] = 48
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="hiden_dim"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_atomic_write_keeps_the_old_checkpoint_on_failure(tmp_path):
+    save_tiny(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+
+    def broken(directory):
+        (directory / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(tmp_path / "ckpt", broken)
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left
+
+
+def test_interrupted_swap_falls_back_to_the_old_copy(tmp_path):
+    save_tiny(tmp_path / "ckpt")
+    (tmp_path / "ckpt").rename(tmp_path / "ckpt.old")  # crash between the two renames
+    assert resolve_checkpoint(tmp_path / "ckpt") == tmp_path / "ckpt.old"
+    load_checkpoint(tmp_path / "ckpt")

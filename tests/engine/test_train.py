@@ -1,0 +1,78 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from simvg.cli import main
+from tests.conftest import ROOT, TINY_CONFIG
+
+
+def weights(directory):
+    return load_file(str(directory / "model.safetensors"))
+
+
+def train(args, data_root, output):
+    return main(["train", str(TINY_CONFIG), "--data-root", str(data_root), "--output", str(output), "--quiet", *args])
+
+
+def test_training_writes_last_best_and_logs(synthref_root, tmp_path):
+    assert train([], synthref_root, tmp_path / "run") == 0
+    run = tmp_path / "run"
+    for name in ("last", "best"):
+        assert (run / name / "model.safetensors").is_file() and (run / name / "config.json").is_file()
+    assert (run / "last" / "trainer_state.json").is_file()
+    with (run / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    assert {"loss", "lr", "images_per_s", "loss_tok_l1", "loss_dec_giou", "dwbd_weight"} <= set(rows[0])
+    with (run / "eval_log.csv").open() as f:
+        evals = list(csv.DictReader(f))
+    assert {(int(r["step"]), r["branch"]) for r in evals} == {(4, "token"), (4, "decoder"), (8, "token"), (8, "decoder")}
+
+
+def test_resumed_run_ends_with_the_same_weights(synthref_root, tmp_path):
+    assert train([], synthref_root, tmp_path / "straight") == 0
+    assert train(["--stop-after", "3"], synthref_root, tmp_path / "stopped") == 0
+    assert load_file(str(tmp_path / "stopped" / "last" / "model.safetensors")).keys()
+    assert train(["--resume"], synthref_root, tmp_path / "stopped") == 0
+    straight, resumed = weights(tmp_path / "straight" / "last"), weights(tmp_path / "stopped" / "last")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert (straight[name] == resumed[name]).all(), name
+    with (tmp_path / "stopped" / "train_log.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 3, 4, 6, 8]
+
+
+def test_existing_run_is_not_overwritten(synthref_root, tmp_path, capsys):
+    assert train(["--stop-after", "1"], synthref_root, tmp_path / "run") == 0
+    assert train([], synthref_root, tmp_path / "run") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_unknown_override_key_is_named(synthref_root, tmp_path, capsys):
+    assert train(["--set", "train.learning_rate=0.1"], synthref_root, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "train.learning_rate" in err and "did you mean" in err
+
+
+def test_torchrun_two_cpu_processes(synthref_root, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           "-m", "simvg", "train", str(TINY_CONFIG), "--data-root", str(synthref_root),
+           "--output", str(tmp_path / "ddp"), "--quiet", "--set", "train.max_steps=4"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "last" / "model.safetensors").is_file()
+    assert '"step": 4' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("train.amp=float8", "train.amp"), ("train.schedule=linear", "train.schedule"), ("model.encoder.type=cnn", "encoder.type")],
+)
+def test_bad_config_values_are_named(synthref_root, tmp_path, capsys, override, message):
+    assert train(["--set", override], synthref_root, tmp_path / "run") == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,133 @@
+import pytest
+import torch
+from transformers import ViltConfig, ViltModel
+
+from simvg.config import EncoderConfig, HeadConfig, LossConfig, ModelConfig
+from simvg.models import GroundingCriterion, build_model
+from simvg.models.criterion import match_queries
+from simvg.models.encoders.hybrid import FactorizedEmbedding
+from simvg.models.pretrained import load_tokenizer, minilm_directory
+
+TINY_HEAD = HeadConfig(hidden_dim=32, tqg_layers=1, tqg_heads=2, tqg_ffn=32, decoder_layers=2, decoder_heads=2, decoder_ffn=32)
+
+
+def tiny_config(kind: str, **encoder) -> ModelConfig:
+    base = dict(type=kind, pretrained=None, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                stem_channels=[8, 8, 16, 16], stem_blocks=[0, 1, 0, 1], patch_size=16)  # fmt: skip
+    return ModelConfig(image_size=64, encoder=EncoderConfig(**(base | encoder)), head=TINY_HEAD)
+
+
+def inputs(batch: int = 2, size: int = 64, length: int = 5):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    pixel_mask = torch.ones(batch, size, size, dtype=torch.bool)
+    pixel_mask[0, :, size // 2 :] = False  # the first image is letterboxed: right half is padding
+    input_ids = torch.randint(1000, 2000, (batch, length))
+    text_mask = torch.ones(batch, length, dtype=torch.bool)
+    text_mask[1, -2:] = False
+    return images, pixel_mask, input_ids, text_mask
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "vilt"])
+def test_both_encoders_give_boxes_from_both_branches(kind):
+    model = build_model(tiny_config(kind), vocab_size=30522).eval()
+    out = model(*inputs())
+    assert out["token"]["logits"].shape == (2, 2) and out["token"]["boxes"].shape == (2, 4)
+    assert out["decoder"]["logits"].shape == (2, 1, 2) and out["decoder"]["boxes"].shape == (2, 1, 4)
+    assert ((out["token"]["boxes"] >= 0) & (out["token"]["boxes"] <= 1)).all()
+    assert "decoder" not in model(*inputs(), use_decoder=False)
+    encoded = model.encoder(*inputs())
+    grid = (4, 4)  # 64 px / stride 16
+    assert encoded.grid == grid and encoded.visual_tokens.shape == (2, 16, 32)
+    # Tokens over padding are masked: the right half of image 0's grid.
+    assert encoded.visual_mask[0].reshape(grid)[:, 2:].sum() == 0 and encoded.visual_mask[1].all()
+
+
+def test_criterion_zero_box_loss_for_perfect_predictions_and_dwbd_weight():
+    criterion = GroundingCriterion(LossConfig())
+    targets = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.6, 0.1, 0.1]])
+    confident = torch.tensor([[[8.0, -8.0]], [[8.0, -8.0]]])
+    ref_logits = torch.full((2, 16), -10.0)
+    ref_logits[0, 2 * 4 + 2] = ref_logits[1, 2 * 4 + 1] = 10.0  # the cells holding the centres
+    outputs = {
+        "token": {"logits": torch.tensor([[8.0, -8.0]] * 2), "boxes": targets.clone(), "ref_logits": ref_logits},
+        "decoder": {"logits": confident, "boxes": targets[:, None].clone(), "aux": []},
+        "grid": (4, 4),
+    }
+    losses, stats = criterion(outputs, targets)
+    for key in ("loss_tok_l1", "loss_tok_giou", "loss_dec_l1", "loss_dec_giou", "loss_tok_kd_l1", "loss_tok_ref"):
+        assert float(losses[key]) == pytest.approx(0.0, abs=1e-4)
+    assert stats["dwbd_weight"] == pytest.approx(1.0, abs=1e-4)  # fg prob ~1, IoU 1
+    # A decoder box that misses: w = fg * IoU = 0 -> the token branch learns from GT only.
+    outputs["decoder"]["boxes"] = torch.tensor([[[0.1, 0.1, 0.05, 0.05]], [[0.9, 0.9, 0.05, 0.05]]])
+    losses, stats = criterion(outputs, targets)
+    assert stats["dwbd_weight"] == pytest.approx(0.0, abs=1e-6)
+    assert set(losses) <= set(criterion.weight_dict) | set(criterion.decoder_weight_dict(1))
+
+
+def test_matching_picks_the_best_query():
+    targets = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    boxes = torch.tensor([[[0.1, 0.1, 0.1, 0.1], [0.5, 0.52, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1]]])
+    logits = torch.zeros(1, 3, 2)
+    assert match_queries(logits, boxes, targets, LossConfig()).tolist() == [1]
+
+
+def test_hybrid_loads_packaged_minilm_and_keeps_chosen_layers():
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(str(minilm_directory()))
+    config = ModelConfig(image_size=64, encoder=EncoderConfig(pretrained="minilm-l6", layers=[0, 5],
+                                                              stem_channels=[8, 8, 8, 8]), head=TINY_HEAD)  # fmt: skip
+    model = build_model(config, vocab_size=30522)
+    assert len(model.encoder.layers) == 2
+    for ours, theirs in zip(model.encoder.layers, [reference.encoder.layer[0], reference.encoder.layer[5]]):
+        assert torch.equal(ours.output.dense.weight, theirs.output.dense.weight)
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
+    assert model.encoder.backbone_config()["num_hidden_layers"] == 2
+
+
+def test_vilt_loads_from_a_local_directory(tmp_path):
+    vilt = ViltModel(ViltConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                image_size=64, patch_size=16, max_position_embeddings=40))  # fmt: skip
+    vilt.save_pretrained(tmp_path / "vilt")
+    model = build_model(tiny_config("vilt", pretrained=str(tmp_path / "vilt")), vocab_size=30522)
+    assert torch.equal(model.encoder.encoder.layer[1].output.dense.weight, vilt.encoder.layer[1].output.dense.weight)
+    out = model.eval()(*inputs())
+    assert out["token"]["boxes"].shape == (2, 4)
+
+
+def test_unreachable_pretrained_names_itself(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
+        build_model(tiny_config("vilt", pretrained="no-such-org/no-such-model"), vocab_size=30522)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        build_model(tiny_config("hybrid", pretrained=str(tmp_path / "empty")), vocab_size=30522)
+
+
+def test_factorized_embedding_is_the_best_low_rank_approximation():
+    weight = torch.randn(50, 8)
+    full = FactorizedEmbedding.from_embedding(weight, rank=8)
+    ids = torch.arange(50)
+    assert torch.allclose(full(ids), weight, atol=1e-4)
+    low = FactorizedEmbedding.from_embedding(weight, rank=4)
+    error = (low(ids) - weight).norm()
+    singular = torch.linalg.svdvals(weight)
+    assert float(error.detach()) == pytest.approx(float(singular[4:].norm()), rel=1e-3)
+
+
+def test_one_token_head_runs_all_branches_in_training_and_the_deployed_one_at_inference():
+    config = tiny_config("hybrid")
+    config.head.token_branches = 3
+    config.head.deploy_branch = 1
+    model = build_model(config, vocab_size=30522)
+    out = model.train()(*inputs())["token"]
+    assert len(out["branches"]) == 3 and out["gate"].shape == (2, 3)
+    assert torch.allclose(out["gate"].sum(1), torch.ones(2))
+    out = model.eval()(*inputs())["token"]
+    assert len(out["branches"]) == 1 and out["gate"] is None
+
+
+def test_tokenizer_alias_is_bert_uncased():
+    tokenizer = load_tokenizer("minilm-l6")
+    assert tokenizer.tokenize("The Red Circle") == ["the", "red", "circle"]
