@@ -62,10 +62,16 @@ class EncoderConfig:
     # Layers before this index attend within their modality only (text | object+visual);
     # from it on, all tokens attend to all. 0 = single-stream from the first layer.
     fusion_layer: int = 0
+    # Attention kernel: "eager" (matmul + softmax) is the faster one on CPUs for these short
+    # sequences (bench/train_speed.py); "sdpa" is the faster one on GPUs.
+    attention: str = "eager"
+    # Keep the pretrained word-embedding table fixed (saves a dense 30k x D Adam update per step).
+    freeze_word_embeddings: bool = False
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
         _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
+        _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
 
 
 @dataclass
@@ -271,8 +277,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# Names users bring from other toolkits, mapped to ours for the "did you mean" hint.
+_KEY_SYNONYMS = {"learning_rate": "lr", "steps": "max_steps", "num_steps": "max_steps", "bs": "batch_size"}
+
+
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
-    hint = difflib.get_close_matches(key, valid, n=1)
+    synonym = _KEY_SYNONYMS.get(key)
+    hint = [synonym] if synonym in valid else difflib.get_close_matches(key, valid, n=1)
     suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
     prefix = f"{where}." if where else ""
     return ConfigError(

@@ -102,7 +102,7 @@ class Preprocessor:
             x0, y0, x1, y1 = target_xyxy
             target = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / size
         return Sample(
-            image=torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous(),
+            image=torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             pixel_mask=torch.from_numpy(mask),
             input_ids=self.tokenize(phrase, warn=warn_truncation),
             target=target,

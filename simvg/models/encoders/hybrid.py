@@ -45,13 +45,14 @@ class FactorizedEmbedding(nn.Module):
 def build_text_transformer(config: EncoderConfig, vocab_size: int, backbone_config: dict | None) -> BertModel:
     """A BERT-family model: from ``backbone_config`` (structure only, weights come later),
     from ``config.pretrained`` (weights downloaded or read locally), or random from sizes."""
+    attention = {"attn_implementation": config.attention}
     if backbone_config is not None:
         hf_config = AutoConfig.for_model(**backbone_config)
-        return AutoModel.from_config(hf_config, add_pooling_layer=False)
+        return AutoModel.from_config(hf_config, add_pooling_layer=False, **attention)
     if config.pretrained:
         source = resolve_pretrained(config.pretrained)
         try:
-            model = AutoModel.from_pretrained(source, add_pooling_layer=False)
+            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **attention)
         except OSError as err:
             raise FileNotFoundError(
                 f"cannot load pretrained encoder '{config.pretrained}': no such local directory and "
@@ -78,6 +79,7 @@ def build_text_transformer(config: EncoderConfig, vocab_size: int, backbone_conf
         max_position_embeddings=128,
         type_vocab_size=2,
     )
+    hf_config._attn_implementation = config.attention
     return BertModel(hf_config, add_pooling_layer=False)
 
 
@@ -104,6 +106,8 @@ class HybridEncoder(nn.Module):
             else:  # structure only; the weights come from a checkpoint
                 factorized = FactorizedEmbedding(word.num_embeddings, config.embedding_rank, hidden, word.padding_idx)
             self.embeddings.word_embeddings = factorized
+        if config.freeze_word_embeddings:
+            self.embeddings.word_embeddings.requires_grad_(False)
         self.stem = ConvStem(config.stem_channels, config.stem_blocks)
         if config.stem_conv != "Conv":
             from distill.cheap_conv import convert_convs

@@ -22,11 +22,13 @@ from simvg.models.pretrained import resolve_pretrained
 
 def build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbone_config: dict | None) -> ViltModel:
     if backbone_config is not None:
-        return ViltModel(ViltConfig(**backbone_config), add_pooling_layer=False)
+        vilt_config = ViltConfig(**backbone_config)
+        vilt_config._attn_implementation = config.attention
+        return ViltModel(vilt_config, add_pooling_layer=False)
     if config.pretrained:
         source = resolve_pretrained(config.pretrained)
         try:
-            model = ViltModel.from_pretrained(source, add_pooling_layer=False)
+            model = ViltModel.from_pretrained(source, add_pooling_layer=False, attn_implementation=config.attention)
         except OSError as err:
             raise FileNotFoundError(
                 f"cannot load pretrained ViLT '{config.pretrained}': no such local directory and "
@@ -52,6 +54,7 @@ def build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbone
         patch_size=config.patch_size,
         max_position_embeddings=40,
     )
+    vilt_config._attn_implementation = config.attention
     return ViltModel(vilt_config, add_pooling_layer=False)
 
 
