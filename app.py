@@ -12,6 +12,8 @@ image, boxes).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import os
 import tempfile
 import threading
@@ -117,6 +119,36 @@ def ground(image_path: str | None, phrases_text: str | None, model_name: str, br
     return annotated, payload
 
 
+def upload_path(payload: dict | str | None) -> str | None:
+    """The uploaded file's path from the image input's unprocessed value (a FileData dict).
+
+    The click handler skips Gradio's preprocessing, which opens the upload with PIL and
+    fails on an empty or corrupt file with a trace-like "Could not preprocess" error;
+    :func:`ground` reads the file itself and says what is wrong with it."""
+    return payload.get("path") if isinstance(payload, dict) else payload
+
+
+def save_annotated(image) -> str:
+    """Write the annotated image as a PNG file, atomically, and return its path.
+
+    Gradio stores a returned PIL image in its content-addressed cache with a plain rewrite of
+    the file, so when concurrent requests produce the same image (the same example grounded
+    twice) a client still downloading the earlier copy receives a truncated file. A returned
+    path is instead copied into the cache atomically (and reused when identical)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    data = buffer.getvalue()
+    folder = Path(os.environ["GRADIO_TEMP_DIR"]) / "annotated" / hashlib.sha256(data).hexdigest()
+    path = folder / "grounded.png"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=".grounded.", suffix=".png")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    return str(path)
+
+
 def timing_text(payload: dict | None) -> str:
     if not payload:
         return ""
@@ -162,12 +194,18 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
             gr.Examples(rows, inputs=[image, phrases], label="SynthRef examples")
         model.change(lambda name: name, model, model_state, api_visibility="private")
         branch.change(lambda value: value, branch, branch_state, api_visibility="private")
+
+        def ground_ui(img, text, name, br):
+            annotated_image, payload = ground(upload_path(img), text, name, br, cache)
+            return save_annotated(annotated_image), payload
+
         run.click(
-            lambda img, text, name, br: ground(img, text, name, br, cache),
+            ground_ui,
             inputs=[image, phrases, model_state, branch_state],
             outputs=[annotated, boxes],
             api_name="ground",
             concurrency_limit=1,
+            preprocess=False,  # see upload_path
         ).then(timing_text, boxes, timing, api_visibility="private")
     demo.queue(max_size=64)
     return demo

@@ -89,10 +89,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="copy a checkpoint for inference (weights only, optionally float16)")
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="storage dtype of the weights (float16 halves the file; loading casts back)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simvg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench):
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export):
         add(sub)
     return parser
 

@@ -195,6 +195,18 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from simvg.inference import Grounder
+
+    grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    grounder.save_pretrained(args.output, dtype=getattr(torch, args.dtype))
+    size = (Path(args.output) / "model.safetensors").stat().st_size / 2**20
+    print(f"wrote {args.output} ({size:.1f} MiB of {args.dtype} weights)")
+    return 0
+
+
 COMMANDS = {
     "synth": run_synth,
     "train": run_train,
@@ -202,4 +214,5 @@ COMMANDS = {
     "eval": run_eval,
     "predict": run_predict,
     "bench": run_bench,
+    "export": run_export,
 }

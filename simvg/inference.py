@@ -66,9 +66,11 @@ class Grounder:
         model, tokenizer, config, meta = load_checkpoint(directory, map_location=device)
         return cls(model, tokenizer, config, meta["backbone_config"], device, batch_size, meta)
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write a checkpoint directory; ``dtype=torch.float16`` stores half-size weights."""
         extra = {k: v for k, v in self.meta.items() if k not in ("config", "backbone_config", "vocab_size", "format_version")}
-        save_checkpoint(directory, self.model, self.config, self.backbone_config, self.tokenizer, extra=extra)
+        save_checkpoint(directory, self.model, self.config, self.backbone_config, self.tokenizer, extra=extra,
+                        weights_dtype=dtype)  # fmt: skip
 
     @property
     def branches(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The ``simvg`` command as a user runs it: synth, eval, predict (single and batch), bench."""
+"""The ``simvg`` command as a user runs it: synth, eval, predict (single and batch), bench, export."""
 
 import json
 
@@ -128,3 +128,15 @@ def test_bench_prints_encoder_token_and_decoder_rows(tiny_checkpoint, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert {(r["batch"], r["mode"]) for r in rows} == {(b, m) for b in (1, 2) for m in ("encoder", "token", "decoder")}
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_export_half_precision_gives_the_same_boxes(tiny_checkpoint, synthref_root, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(tiny_checkpoint), str(out), "--dtype", "float16"]) == 0
+    assert "float16" in capsys.readouterr().out
+    image = next((synthref_root / "images" / "synthref").rglob("*.png"))
+    boxes = []
+    for checkpoint in (tiny_checkpoint, out):
+        assert main(["predict", str(checkpoint), "--image", str(image), "--text", "the red circle", "--json"]) == 0
+        boxes.append(json.loads(capsys.readouterr().out)["box"])
+    assert np.allclose(boxes[0], boxes[1], atol=1.0)

@@ -86,6 +86,17 @@ def test_save_pretrained_round_trip(grounder, tmp_path):
     assert np.allclose(again.predict(image, "thing").box, grounder.predict(image, "thing").box, atol=1e-5)
 
 
+def test_half_precision_checkpoint_is_half_the_size_and_loads_as_float32(grounder, tmp_path):
+    grounder.save_pretrained(tmp_path / "full")
+    grounder.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    full, half = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "half"))
+    assert half < 0.6 * full
+    again = Grounder.from_pretrained(tmp_path / "half", device="cpu")
+    assert all(p.dtype == torch.float32 for p in again.model.parameters())
+    image = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    assert np.allclose(again.predict(image, "thing").box, grounder.predict(image, "thing").box, atol=0.5)
+
+
 def test_exif_rotated_photo_boxes_are_in_the_displayed_frame(grounder, tmp_path):
     stored = Image.fromarray(np.zeros((20, 60, 3), np.uint8))
     exif = stored.getexif()

@@ -78,6 +78,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray, max_side: int = DE
             raise ImageReadError(f"image file is empty (0 bytes): {path}")
         try:
             image = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ImageReadError(f"image too large: {path} ({err})") from err
         except (UnidentifiedImageError, OSError) as err:
             raise ImageReadError(f"cannot read image {path}: not a supported image file ({err})") from err
     try:

@@ -7,6 +7,7 @@ interrupted save never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -87,10 +88,13 @@ def save_checkpoint(
     extra: dict | None = None,
     training_state: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> None:
     """Write a checkpoint directory atomically.
 
     extra: JSON-serialisable information saved in config.json (e.g. metrics, step).
+    weights_dtype: store floating-point weights in this dtype (e.g. torch.float16 halves the
+        file); loading casts them back to the model's float32.
     training_state: JSON-serialisable loop state for ``--resume`` (with ``optimizer``).
     """
 
@@ -103,7 +107,8 @@ def save_checkpoint(
             **(extra or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        save_model(model, str(tmp / WEIGHTS_FILE))
+        stored = model if weights_dtype is None else copy.deepcopy(model).to(weights_dtype)
+        save_model(stored, str(tmp / WEIGHTS_FILE))
         tokenizer.save_pretrained(str(tmp))
         if training_state is not None:
             tensors = {"rng.torch": torch.get_rng_state()}

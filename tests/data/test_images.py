@@ -78,3 +78,11 @@ def test_large_images_are_downscaled_but_keep_original_size(tmp_path):
     assert (loaded.width, loaded.height) == (5000, 2500)
     assert max(loaded.pixels.shape[:2]) <= 1024
     assert abs(loaded.pixels.shape[1] / loaded.pixels.shape[0] - 2.0) < 0.02
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # PIL refuses > 2x this at open
+    with pytest.raises(ImageReadError, match="too large.*bomb.png"):
+        load_image(path)

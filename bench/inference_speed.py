@@ -1,0 +1,43 @@
+"""Inference cost of the heads: encoder alone vs encoder + token branch vs encoder + decoder
+branch, at batch 1 and 32, on this machine's CPU.
+
+    python bench/inference_speed.py CHECKPOINT [--seconds 5] [--out bench/results/inference_speed.md]
+
+Target (SimVG's point): the token branch adds <= 5% to the encoder's own forward time, and
+token-only inference is faster than decoder-branch inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from simvg.benchmark import benchmark_inference, format_table
+from simvg.inference import Grounder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timing per (batch, mode)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference_speed.md")
+    args = parser.parse_args()
+    grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    rows = benchmark_inference(grounder.model, grounder.config, args.batch_sizes, args.seconds)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    text = (f"{format_table(rows)}\n\nMachine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+            f"fp32. Command: `python bench/inference_speed.py {' '.join(sys.argv[1:])}`\n")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
