@@ -46,7 +46,8 @@ def run(cmd: list[str], log: Path) -> None:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def distill(name: str, overrides: list[str], teachers: list[str], args: argparse.Namespace) -> Path:
+def distill(name: str, overrides: list[str], teachers: list[str], args: argparse.Namespace,
+            steps: int | None = None) -> Path:  # fmt: skip
     output = args.out / name
     if (output / "best" / "model.safetensors").is_file() and (output / "done").is_file():
         return output / "best"
@@ -56,7 +57,8 @@ def distill(name: str, overrides: list[str], teachers: list[str], args: argparse
         cmd += ["--teacher", teacher]
     if (output / "last").is_dir():
         cmd.append("--resume")
-    sets = overrides + [f"train.max_steps={args.steps}"] if args.steps else overrides
+    steps = steps or args.steps
+    sets = overrides + [f"train.max_steps={steps}"] if steps else overrides
     for item in sets:
         cmd += ["--set", item]
     output.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,11 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="the distillation config the variants modify")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants to run")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's train.max_steps")
+    parser.add_argument("--takfl-steps", type=int, default=400, help="steps of each several-teacher student")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per model per round")
+    parser.add_argument("--reuse-evals", type=Path, help="a previous distill_study.json: reuse its accuracies for "
+                        "checkpoints whose weights are older than it (timing is always re-measured)")  # fmt: skip
+    parser.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation and timing")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     # The simvg commands run from the repository root: make every path absolute first.
@@ -167,15 +173,25 @@ def main() -> None:
     takfl = None
     if len(args.teachers_ab) >= 2:
         for name, merge in (("takfl", "takfl"), ("averaged", "average")):
-            checkpoints[f"{name}"] = distill(name, [f"distill.merge={merge}"], args.teachers_ab, args)
+            checkpoints[name] = distill(name, [f"distill.merge={merge}"], args.teachers_ab, args, args.takfl_steps)
             what[name] = f"{len(args.teachers_ab)} teachers, " + ("TAKFL task-vector merge" if merge == "takfl"
                                                                   else "averaged predictions")  # fmt: skip
+    if args.train_only:
+        return
+    previous = {}
+    if args.reuse_evals and args.reuse_evals.is_file():
+        written = args.reuse_evals.stat().st_mtime
+        for row in json.loads(args.reuse_evals.read_text())["rows"]:
+            weights = Path(row["checkpoint"]) / "model.safetensors"
+            if weights.is_file() and weights.stat().st_mtime < written:
+                previous[row["checkpoint"]] = row
     rows = []
     speed = throughput(checkpoints, args.seconds)
     for name, path in checkpoints.items():
         row = {"name": name, "what": what[name], "checkpoint": str(path), **speed[name]}
         for split in ("val", "testA", "testB"):
-            metrics = evaluate(path, args.data_root, split)
+            old = previous.get(str(path))
+            metrics = old[f"{split}_metrics"] if old else evaluate(path, args.data_root, split)
             row[f"{split}_acc@0.5"] = metrics["acc@0.5"]
             row[f"{split}_metrics"] = metrics
         rows.append(row)

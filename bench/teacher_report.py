@@ -1,0 +1,69 @@
+"""Accuracy of a trained checkpoint on every SynthRef split, both branches, per expression
+type, and how long its training took.
+
+    python bench/teacher_report.py runs/teacher/best --data-root DATA --run runs/teacher \
+        [--out bench/results/teacher.md]
+
+Training time: the run's wall-clock minutes (summed over resumed parts, from the training
+process's own summaries in ``--log``) and the steps, batch and median images/s of train_log.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SPLITS = ("val", "testA", "testB")
+
+
+def evaluate(checkpoint: str, data_root: str, split: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "simvg", "eval", checkpoint, "--data-root", data_root, "--dataset", "synthref",
+         "--split", split, "--branch", "both", "--json"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)["metrics"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--run", type=Path, help="the training output directory (for train_log.csv)")
+    parser.add_argument("--log", type=Path, help="the training command's stdout (JSON summaries with minutes)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "teacher.md")
+    args = parser.parse_args()
+
+    lines = ["| split | branch | Acc@0.5 | Acc@0.75 | mIoU | attribute | location | relation | comparison | expressions |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for split in SPLITS:
+        for branch, m in evaluate(args.checkpoint, args.data_root, split).items():
+            types = m.get("per_type", {})
+            cells = [f"{types[t]['acc@0.5']:.1f}" if t in types else "–" for t in ("attribute", "location", "relation", "comparison")]
+            lines.append(f"| {split} | {branch} | {m['acc@0.5']:.2f} | {m['acc@0.75']:.2f} | {m['miou']:.2f} | "
+                         f"{' | '.join(cells)} | {m['count']} |")  # fmt: skip
+    if args.run and (args.run / "train_log.csv").is_file():
+        rows = list(csv.DictReader((args.run / "train_log.csv").open()))
+        config = json.loads((args.run / "config.json").read_text())
+        rate = statistics.median(float(r["images_per_s"]) for r in rows)
+        steps, batch = int(rows[-1]["step"]), config["train"]["batch_size"]
+        lines += ["", f"Training: {steps} steps at batch {batch}; median {rate:.1f} images/s "
+                  f"(= {steps * batch / rate / 60:.1f} minutes of training steps at that rate)."]  # fmt: skip
+    if args.log and args.log.is_file():
+        minutes = [json.loads(line)["minutes"] for line in args.log.read_text().splitlines()
+                   if line.startswith("{") and '"minutes"' in line]  # fmt: skip
+        lines.append(f"Wall clock of the training command(s), evaluation included: {sum(minutes):.1f} minutes "
+                     f"({' + '.join(f'{m:.1f}' for m in minutes)}).")  # fmt: skip
+    text = "\n".join(lines) + f"\n\nCommand: `python bench/teacher_report.py {' '.join(sys.argv[1:])}`\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
