@@ -94,13 +94,18 @@ def init_from_teacher(student: SimVG, teacher: SimVG, layers: list[int], noise: 
 def build_student(
     teacher: SimVG, teacher_config: Config, teacher_backbone: dict, vocab_size: int, base: Config
 ) -> tuple[SimVG, Config, dict]:
-    """The student model (weights from the teacher where ``init_from_teacher``), its Config
-    and its backbone (HF) config."""
+    """The student model, its Config and its backbone (HF) config.
+
+    With ``init_from_teacher`` the student's weights come from the teacher where shapes allow;
+    without it (a from-scratch baseline) the encoder starts from the same pretrained weights
+    the teacher started from (e.g. MiniLM's layers ``layers``), as a directly trained model would.
+    """
     layers = student_layers(int(teacher_backbone["num_hidden_layers"]), base.distill.student_layers)
     config = student_config(teacher_config, layers, base)
     backbone = dict(teacher_backbone, num_hidden_layers=len(layers))
     torch.manual_seed(base.train.seed)
-    student = build_model(config.model, vocab_size, backbone_config=backbone)
+    pretrained = not base.distill.init_from_teacher and config.model.encoder.pretrained is not None
+    student = build_model(config.model, vocab_size, backbone_config=None if pretrained else backbone)
     if base.distill.init_from_teacher:
         init_from_teacher(student, teacher, layers, seed=base.train.seed)
     return student, config, backbone

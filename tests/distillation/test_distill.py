@@ -109,3 +109,16 @@ def test_bad_teacher_is_named(tiny_run, synthref_root, tmp_path, capsys):
     (broken / "config.json").unlink()
     assert distill([broken], synthref_root, tmp_path / "out") == 2
     assert "missing config.json" in capsys.readouterr().err
+
+
+def test_scratch_baseline_starts_from_the_pretrained_encoder_not_from_random_weights():
+    from simvg.models import build_model
+
+    teacher_config = load_config(ROOT / "configs" / "synthref_tiny.yaml", ["model.encoder.pretrained=minilm-l6"])
+    teacher = build_model(teacher_config.model, 30522)
+    backbone = teacher.encoder.hf_config.to_dict()
+    base = load_config(DISTILL_TINY, ["distill.init_from_teacher=false", "distill.student_layers=[0, 5]"])
+    student, config, _ = build_student(teacher, teacher_config, backbone, 30522, base)
+    reference = build_model(config.model, 30522)  # what a model trained directly would start from
+    for mine, pretrained in zip(student.encoder.layers, reference.encoder.layers):
+        assert torch.equal(mine.output.dense.weight, pretrained.output.dense.weight)
