@@ -31,12 +31,12 @@ lint: install-test
 	$(PYTHON) -m ruff check simvg distill tests bench app.py
 
 # Rebuild the shipped default model (simvg/weights/synthref-student) from nothing: SynthRef,
-# the teacher, the distilled student (the study's most accurate variant), float16 export.
-# About 40 minutes on 2 CPU cores.
+# the teacher, the distilled student (the study's most accurate variant, `teacher_stem`),
+# float16 export of its deployed branch. About 25 minutes on 2 CPU cores.
 DATA ?= data
 default-model: install
 	simvg synth --out $(DATA) --name synthref --train 10000 --val 1000 --testA 1000 --testB 1000 --seed 0 --image-size 256
 	simvg train configs/synthref_hybrid.yaml --data-root $(DATA) --output runs/teacher
-	simvg distill configs/distill_synthref.yaml --teacher runs/teacher/best --data-root $(DATA) --output runs/study/no_one \
-		--set distill.one=0 --set distill.token_branches=1
-	simvg export runs/study/no_one/best simvg/weights/synthref-student --dtype float16
+	simvg distill configs/distill_synthref.yaml --teacher runs/teacher/best --data-root $(DATA) --output runs/study/teacher_stem \
+		--set distill.stem_conv=Conv
+	simvg export runs/study/teacher_stem/best simvg/weights/synthref-student --dtype float16 --keep-branch 0

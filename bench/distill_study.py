@@ -37,6 +37,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no_dwbd": ("box KD without DWBD confidence weights", ["distill.box_kd_confidence=false"]),
     "no_at": ("without attention transfer", ["distill.attention_transfer=0"]),
     "no_mimic": ("without token feature mimicking", ["distill.feature_mimic=0"]),
+    "teacher_stem": ("the recipe keeping the teacher's stem (plain convs, copied)", ["distill.stem_conv=Conv"]),
+    "fast": ("the recipe with one layer (teacher's 0) and a half-width stem",
+             ["distill.student_layers=[0]", "distill.stem_channels=[16, 32, 64, 128]"]),
 }  # fmt: skip
 
 
@@ -77,11 +80,17 @@ def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token
 
 
 def throughput(checkpoints: dict[str, Path], seconds: float) -> dict[str, dict]:
-    """Batch-1 token-branch images/s and parameter counts, models timed alternately."""
+    """Batch-1 token-branch images/s and parameter counts of the deployed models (a ONE
+    student with a deploy branch keeps only that branch), models timed alternately."""
     from simvg.benchmark import synthetic_inputs, time_call
     from simvg.inference import Grounder
+    from simvg.models.heads.token_branch import MultiBranchTokenHead
 
     models = {name: Grounder.from_pretrained(path, device="cpu") for name, path in checkpoints.items()}
+    for grounder in models.values():  # count and time what is deployed: `simvg export --keep-branch`
+        head = grounder.model.token_head
+        if isinstance(head, MultiBranchTokenHead) and head.deploy_branch is not None:
+            grounder.model.keep_token_branch(head.deploy_branch)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(3):  # interleave rounds so that drifting machine load hits every model alike
@@ -120,7 +129,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown(rows: list[dict], takfl: dict | None) -> str:
-    lines = ["| model | what | params (M) | × teacher params | img/s (batch 1) | × teacher speed | val Acc@0.5 | testA | testB |",
+    lines = ["| model | what | params (M, deployed) | × teacher params | img/s (batch 1) | × teacher speed | val Acc@0.5 | testA | testB |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     teacher = next(r for r in rows if r["name"] == "teacher")
     for r in rows:

@@ -95,6 +95,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="storage dtype of the weights (float16 halves the file; loading casts back)")  # fmt: skip
+    p.add_argument("--keep-branch", type=int, default=None, metavar="N",
+                   help="keep only token branch N of a ONE (multi-branch) head; drop the others and the gate")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,6 +201,8 @@ def run_export(args: argparse.Namespace) -> int:
     from simvg.inference import Grounder
 
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    if args.keep_branch is not None:
+        grounder.model.keep_token_branch(args.keep_branch)
     grounder.save_pretrained(args.output, dtype=getattr(torch, args.dtype))
     size = (Path(args.output) / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB of {args.dtype} weights)")

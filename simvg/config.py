@@ -68,10 +68,14 @@ class EncoderConfig:
     # Keep the pretrained word-embedding table fixed (saves a dense 30k x D Adam update per step).
     freeze_word_embeddings: bool = False
     dropout: float = 0.1
+    # Hybrid visual position embeddings (learned) start as a 2-D sine encoding ("sine"), so
+    # visual tokens carry their position from the first step, or as small noise ("random").
+    visual_pos_init: str = "sine"
 
     def __post_init__(self) -> None:
         _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
+        _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
 
 
 @dataclass
@@ -194,6 +198,9 @@ class DistillConfig:
     stem_conv: str = "DConv"
     stem_channels: list[int] | None = None  # None keeps the teacher's
     embedding_rank: int | None = 64
+    # Layers of the text-guided query generator the student keeps (the teacher's first
+    # ones, same weights); None keeps them all.
+    query_layers: int | None = None
     use_decoder: bool = False
     token_branches: int = 3
     deploy_branch: int | None = 0  # the ONE branch used at inference (None: gated ensemble)

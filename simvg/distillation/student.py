@@ -1,6 +1,6 @@
 """A student is its teacher's structure made cheaper: cheap convolutions in the stem, fewer
-encoder layers (initialised from the teacher's), a factorised word embedding, and a ONE
-multi-branch token head instead of the decoder branch."""
+encoder layers (initialised from the teacher's), a factorised word embedding, fewer query
+generator layers, and a ONE multi-branch token head instead of the decoder branch."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
         if d.stem_channels is not None:
             model.encoder.stem_channels = list(d.stem_channels)
         model.encoder.embedding_rank = d.embedding_rank
+    if d.query_layers is not None:
+        if not 1 <= d.query_layers <= model.head.tqg_layers:
+            raise ValueError(
+                f"distill.query_layers {d.query_layers}: must lie in 1..{model.head.tqg_layers} (the teacher's)"
+            )
+        model.head.tqg_layers = d.query_layers
     model.head.use_decoder = d.use_decoder
     model.head.token_branches = d.token_branches
     model.head.deploy_branch = d.deploy_branch if d.token_branches > 1 else None

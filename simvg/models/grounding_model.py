@@ -57,6 +57,19 @@ class SimVG(nn.Module):
                 dim, head.decoder_layers, head.decoder_heads, head.decoder_ffn, head.dropout, head.box_mlp_layers
             )
 
+    def keep_token_branch(self, index: int) -> None:
+        """Replace a ONE multi-branch token head by its branch ``index`` (a plain token
+        branch), dropping the other branches and the gate; ``self.config`` is updated so the
+        model saves and reloads as a single-branch one. Outputs of that branch are unchanged."""
+        if not isinstance(self.token_head, MultiBranchTokenHead):
+            raise ValueError("this model's token head has a single branch; there is nothing to drop")
+        branches = self.token_head.one.branches
+        if not 0 <= index < len(branches):
+            raise ValueError(f"token branch {index} out of range: the head has {len(branches)} branches")
+        self.token_head = branches[index]
+        self.config.head.token_branches = 1
+        self.config.head.deploy_branch = None
+
     def forward(
         self,
         images: torch.Tensor,

@@ -73,6 +73,16 @@ def test_distilled_student_is_an_ordinary_checkpoint(tiny_run, synthref_root, tm
     for loss in ("loss_gt_l1", "loss_one_l1", "loss_box_kd_l1", "loss_at", "loss_mimic"):
         assert loss in header
 
+    # Export keeping only the deployed branch: fewer parameters, the same box, reloads as a
+    # plain single-branch model.
+    exported = tmp_path / "branch0"
+    assert main(["export", str(tmp_path / "student" / "last"), str(exported), "--keep-branch", "0"]) == 0
+    slim = Grounder.from_pretrained(exported, device="cpu")
+    assert slim.config.model.head.token_branches == 1
+    assert count_parameters(slim.model) < count_parameters(grounder.model)
+    assert np.allclose(slim.predict(image, "the red star").box, single.box, atol=1e-3)
+    assert main(["export", str(exported), str(tmp_path / "again"), "--keep-branch", "0"]) == 2
+
 
 def test_distillation_resumes_exactly(tiny_run, synthref_root, tmp_path):
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight") == 0
@@ -122,3 +132,19 @@ def test_scratch_baseline_starts_from_the_pretrained_encoder_not_from_random_wei
     reference = build_model(config.model, 30522)  # what a model trained directly would start from
     for mine, pretrained in zip(student.encoder.layers, reference.encoder.layers):
         assert torch.equal(mine.output.dense.weight, pretrained.output.dense.weight)
+
+
+def test_student_keeps_the_teachers_first_query_generator_layers():
+    from simvg.models import build_model
+
+    teacher_config = load_config(ROOT / "configs" / "synthref_tiny.yaml", ["model.head.tqg_layers=2"])
+    teacher = build_model(teacher_config.model, 30522)
+    backbone = teacher.encoder.hf_config.to_dict()
+    base = load_config(DISTILL_TINY, ["distill.query_layers=1"])
+    student, config, _ = build_student(teacher, teacher_config, backbone, 30522, base)
+    assert config.model.head.tqg_layers == 1 and len(student.query_generator.decoder.layers) == 1
+    kept, first = student.query_generator.decoder.layers[0], teacher.query_generator.decoder.layers[0]
+    assert torch.equal(kept.linear1.weight, first.linear1.weight)
+    assert count_parameters(student.query_generator) < count_parameters(teacher.query_generator)
+    with pytest.raises(ValueError, match="distill.query_layers 3"):
+        build_student(teacher, teacher_config, backbone, 30522, load_config(DISTILL_TINY, ["distill.query_layers=3"]))

@@ -131,3 +131,21 @@ def test_one_token_head_runs_all_branches_in_training_and_the_deployed_one_at_in
 def test_tokenizer_alias_is_bert_uncased():
     tokenizer = load_tokenizer("minilm-l6")
     assert tokenizer.tokenize("The Red Circle") == ["the", "red", "circle"]
+
+
+def test_hybrid_visual_positions_start_as_a_sine_encoding():
+    from simvg.models.heads.position_encoding import sine_position_encoding
+
+    pos = build_model(tiny_config("hybrid"), vocab_size=30522).encoder.visual_pos[0].detach()
+    assert torch.allclose(pos, sine_position_encoding((4, 4), 32))
+    distances = torch.cdist(pos, pos) + torch.eye(16) * 1e3
+    assert distances.min() > 0.1  # every grid cell starts with its own position
+    noise = build_model(tiny_config("hybrid", visual_pos_init="random"), vocab_size=30522).encoder.visual_pos
+    assert float(noise.detach().std()) < 0.05
+
+
+def test_configured_dropout_replaces_the_pretrained_checkpoints():
+    from simvg.models.encoders.hybrid import build_text_transformer
+
+    model = build_text_transformer(EncoderConfig(type="hybrid", pretrained="minilm-l6", dropout=0.0), 30522, None)
+    assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0

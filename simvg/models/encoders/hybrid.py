@@ -16,6 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from simvg.config import EncoderConfig
 from simvg.models.conv_stem import ConvStem
 from simvg.models.encoders.base import EncoderOutput, normalize_images, token_grid_mask
+from simvg.models.heads.position_encoding import sine_position_encoding
 from simvg.models.pretrained import resolve_pretrained
 
 
@@ -52,7 +53,9 @@ def build_text_transformer(config: EncoderConfig, vocab_size: int, backbone_conf
     if config.pretrained:
         source = resolve_pretrained(config.pretrained)
         try:
-            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **attention)
+            # The configured dropout replaces the checkpoint's (MiniLM and BERT ship 0.1).
+            dropout = {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
+            model = AutoModel.from_pretrained(source, add_pooling_layer=False, **attention, **dropout)
         except OSError as err:
             raise FileNotFoundError(
                 f"cannot load pretrained encoder '{config.pretrained}': no such local directory and "
@@ -120,7 +123,11 @@ class HybridEncoder(nn.Module):
         self.object_token = nn.Parameter(torch.zeros(1, 1, hidden))
         self.visual_norm = nn.LayerNorm(hidden, eps=self.hf_config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
-        nn.init.trunc_normal_(self.visual_pos, std=0.02)
+        if config.visual_pos_init == "sine":
+            with torch.no_grad():
+                self.visual_pos.copy_(sine_position_encoding(self.grid, hidden)[None])
+        else:
+            nn.init.trunc_normal_(self.visual_pos, std=0.02)
         nn.init.trunc_normal_(self.object_token, std=0.02)
         # Visual tokens start with the same per-channel scale as the (pretrained) text
         # embeddings, so the pretrained attention sees inputs of the size it was trained on.
