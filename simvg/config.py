@@ -67,6 +67,7 @@ class EncoderConfig:
     attention: str = "eager"
     # Keep the pretrained word-embedding table fixed (saves a dense 30k x D Adam update per step).
     freeze_word_embeddings: bool = False
+    # Dropout in the transformer (replacing a pretrained checkpoint's own) and on visual tokens.
     dropout: float = 0.1
     # Hybrid visual position embeddings (learned) start as a 2-D sine encoding ("sine"), so
     # visual tokens carry their position from the first step, or as small noise ("random").
