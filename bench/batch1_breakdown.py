@@ -18,14 +18,12 @@ import torch
 from simvg.benchmark import synthetic_inputs, time_call
 from simvg.inference import Grounder
 from simvg.models.encoders.base import normalize_images
-from simvg.models.heads.token_branch import MultiBranchTokenHead
 
 
 def breakdown(checkpoint: str, seconds: float) -> dict[str, float]:
     grounder = Grounder.from_pretrained(checkpoint, device="cpu")
     model = grounder.model.eval()
-    if isinstance(model.token_head, MultiBranchTokenHead) and model.token_head.deploy_branch is not None:
-        model.keep_token_branch(model.token_head.deploy_branch)
+    model.keep_deployed_branch()
     inputs = synthetic_inputs(grounder.config, 1)
     images = inputs[0]
     with torch.inference_mode():

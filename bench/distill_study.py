@@ -84,13 +84,10 @@ def throughput(checkpoints: dict[str, Path], seconds: float) -> dict[str, dict]:
     student with a deploy branch keeps only that branch), models timed alternately."""
     from simvg.benchmark import synthetic_inputs, time_call
     from simvg.inference import Grounder
-    from simvg.models.heads.token_branch import MultiBranchTokenHead
 
     models = {name: Grounder.from_pretrained(path, device="cpu") for name, path in checkpoints.items()}
     for grounder in models.values():  # count and time what is deployed: `simvg export --keep-branch`
-        head = grounder.model.token_head
-        if isinstance(head, MultiBranchTokenHead) and head.deploy_branch is not None:
-            grounder.model.keep_token_branch(head.deploy_branch)
+        grounder.model.keep_deployed_branch()
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(3):  # interleave rounds so that drifting machine load hits every model alike

@@ -3,7 +3,7 @@ choices that make the step fast (eager attention, fused AdamW, frozen word embed
 
     python bench/train_speed.py --data-root DATA_ROOT [--config configs/synthref_hybrid.yaml]
 
-Prints images/s of (a) full training steps (forward, backward, optimizer) on real batches,
+Prints (and writes to --out, default bench/results/train_speed.md) images/s of (a) full training steps (forward, backward, optimizer) on real batches,
 (b) the data pipeline alone (decode, letterbox, augmentation, tokenisation) in one process,
 and their ratio; then (c) the step time with each CPU choice undone, measured in this run.
 """
@@ -11,7 +11,9 @@ and their ratio; then (c) the step time with each CPU choice undone, measured in
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,7 +52,14 @@ def main() -> None:
     parser.add_argument("--config", default="configs/synthref_hybrid.yaml")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--samples", type=int, default=400, help="samples timed through the pipeline")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_speed.md")
     args = parser.parse_args()
+    lines: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
     quiet_transformers()
     config = load_config(args.config)
     tokenizer = load_tokenizer(tokenizer_source(config))
@@ -65,11 +74,11 @@ def main() -> None:
 
     step = step_time(config, batches, args.steps)
     training = size / step
-    print(f"threads: {torch.get_num_threads()}, batch {size}, image {config.model.image_size} px, amp {config.train.amp}\n")
-    print("| what | images / s |\n|---|---|")
-    print(f"| training step (forward + backward + AdamW) | {training:.1f} |")
-    print(f"| data pipeline, one process | {pipeline:.1f} |")
-    print(f"| pipeline / training | {pipeline / training:.1f}x |\n")
+    emit(f"threads: {torch.get_num_threads()}, batch {size}, image {config.model.image_size} px, amp {config.train.amp}\n")
+    emit("| what | images / s |\n|---|---|")
+    emit(f"| training step (forward + backward + AdamW) | {training:.1f} |")
+    emit(f"| data pipeline, one process | {pipeline:.1f} |")
+    emit(f"| pipeline / training | {pipeline / training:.1f}x |\n")
 
     variants = [
         ("as configured", []),
@@ -77,10 +86,12 @@ def main() -> None:
         ("word embeddings trained", ["model.encoder.freeze_word_embeddings=false"]),
         ("no mixed precision (fp32)", ["train.amp=none"]),
     ]
-    print("| step variant | s / step | images / s |\n|---|---|---|")
+    emit("| step variant | s / step | images / s |\n|---|---|---|")
     for name, overrides in variants:
         seconds = step_time(load_config(args.config, overrides), batches, args.steps)
-        print(f"| {name} | {seconds:.3f} | {size / seconds:.1f} |")
+        emit(f"| {name} | {seconds:.3f} | {size / seconds:.1f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ class SimVG(nn.Module):
         self.config.head.token_branches = 1
         self.config.head.deploy_branch = None
 
+    def keep_deployed_branch(self) -> None:
+        """Keep only the branch a ONE head deploys (``head.deploy_branch``), as the model runs
+        at inference; a model without one is left as it is."""
+        if isinstance(self.token_head, MultiBranchTokenHead) and self.token_head.deploy_branch is not None:
+            self.keep_token_branch(self.token_head.deploy_branch)
+
     def forward(
         self,
         images: torch.Tensor,

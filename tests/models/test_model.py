@@ -126,6 +126,11 @@ def test_one_token_head_runs_all_branches_in_training_and_the_deployed_one_at_in
     assert torch.allclose(out["gate"].sum(1), torch.ones(2))
     out = model.eval()(*inputs())["token"]
     assert len(out["branches"]) == 1 and out["gate"] is None
+    # Keeping only the deployed branch changes nothing at inference and drops the rest.
+    before = sum(p.numel() for p in model.parameters())
+    model.keep_deployed_branch()
+    assert config.head.token_branches == 1 and sum(p.numel() for p in model.parameters()) < before
+    assert torch.allclose(model(*inputs())["token"]["boxes"], out["boxes"])
 
 
 def test_tokenizer_alias_is_bert_uncased():
