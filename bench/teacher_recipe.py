@@ -1,5 +1,6 @@
 """What the teacher recipe's choices are worth: short runs of configs/synthref_hybrid.yaml with
-one choice changed, val Acc@0.5 (token / decoder) at the end of each run.
+one choice changed, val Acc@0.5 (token / decoder) at the end of each run, and the median
+training speed (a choice that learns more per step but runs slower may not pay in 20 minutes).
 
     python bench/teacher_recipe.py --data-root DATA --out runs/recipe [--steps 500]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "+ augmentation and dropout 0.1, position embeddings from small noise",
         [*REGULARISED, "model.encoder.visual_pos_init=random"],
     ),
+    "encoder_full_lr": ("pretrained encoder layers at the head's learning rate (mult 1.0, not 0.2)",
+                        ["train.encoder_lr_mult=1.0"]),
+    "lr_2x": ("learning rate 6e-4 (not 3e-4) for every group", ["train.lr=6e-4"]),
+    "image_160": ("160 px input (10x10 visual tokens, not 8x8)", ["model.image_size=160"]),
 }
 
 
@@ -43,6 +49,11 @@ def final_accuracy(run: Path, steps: int) -> dict[str, float] | None:
         return None
     rows = [r for r in csv.DictReader(log.open()) if int(r["step"]) == steps]
     return {r["branch"]: float(r["acc@0.5"]) for r in rows} or None
+
+
+def median_speed(run: Path) -> float:
+    """Median training images/s over the run's logged steps (train_log.csv)."""
+    return statistics.median(float(r["images_per_s"]) for r in csv.DictReader((run / "train_log.csv").open()))
 
 
 def main() -> None:
@@ -55,8 +66,8 @@ def main() -> None:
     lines = [
         f"val Acc@0.5 after {args.steps} steps (1000 val expressions, seed 0)",
         "",
-        "| variant | what | token | decoder |",
-        "|---|---|---|---|",
+        "| variant | what | train images/s | token | decoder |",
+        "|---|---|---|---|---|",
     ]
     for name, (what, overrides) in VARIANTS.items():
         run = args.out.resolve() / name
@@ -69,7 +80,7 @@ def main() -> None:
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
         acc = final_accuracy(run, args.steps)
-        lines.append(f"| {name} | {what} | {acc['token']:.1f} | {acc['decoder']:.1f} |")
+        lines.append(f"| {name} | {what} | {median_speed(run):.1f} | {acc['token']:.1f} | {acc['decoder']:.1f} |")
     table = "\n".join(lines)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "teacher_recipe.md").write_text(f"{table}\n\nCommand: `{' '.join(sys.argv)}`\n")

@@ -4,6 +4,9 @@ type, and how long its training took.
     python bench/teacher_report.py runs/teacher/best --data-root DATA --run runs/teacher \
         [--out bench/results/teacher.md]
 
+Where the val misses land: on another object of the scene (IoU >= 0.5 with it: the phrase was
+misread) or on no object (a box between candidates or badly placed: localisation).
+
 Training time: the run's wall-clock minutes (summed over resumed parts, from the training
 process's own summaries in ``--log``) and the steps, batch and median images/s of train_log.csv.
 """
@@ -16,18 +19,39 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
+
+import torch
+from torchvision.ops import box_iou
 
 SPLITS = ("val", "testA", "testB")
 
 
-def evaluate(checkpoint: str, data_root: str, split: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "simvg", "eval", checkpoint, "--data-root", data_root, "--dataset", "synthref",
-         "--split", split, "--branch", "both", "--json"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+def evaluate(checkpoint: str, data_root: str, split: str, predictions: Path | None = None) -> dict:
+    cmd = [sys.executable, "-m", "simvg", "eval", checkpoint, "--data-root", data_root, "--dataset", "synthref",
+           "--split", split, "--branch", "both", "--json"]  # fmt: skip
+    if predictions is not None:
+        cmd += ["--save-predictions", str(predictions)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)["metrics"]
+
+
+def where_predictions_land(predictions: Path, data_root: str, split: str) -> dict[str, Counter]:
+    """Per branch: how many predictions hit the referred object, another object of the scene
+    (IoU >= 0.5 with it) or no object, from a --save-predictions file and SynthRef's object lists."""
+    records = json.loads((Path(data_root) / "annotations" / "synthref" / "instances.json").read_text())[split]
+    objects = {r["ref_id"]: torch.tensor([o["bbox"] for o in r["objects"]], dtype=torch.float) for r in records}
+    counts: dict[str, Counter] = {}
+    for line in predictions.read_text().splitlines():
+        p = json.loads(line)
+        xywh = objects[p["ref_id"]]
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        overlaps_any = bool((box_iou(torch.tensor([p["pred_box"]]), boxes) >= 0.5).any())
+        outcome = "hit" if p["iou"] >= 0.5 else "other object" if overlaps_any else "no object"
+        counts.setdefault(p["branch"], Counter())[outcome] += 1
+    return counts
 
 
 def main() -> None:
@@ -41,12 +65,20 @@ def main() -> None:
 
     lines = ["| split | branch | Acc@0.5 | Acc@0.75 | mIoU | attribute | location | relation | comparison | expressions |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    scratch = Path(tempfile.mkdtemp())
     for split in SPLITS:
-        for branch, m in evaluate(args.checkpoint, args.data_root, split).items():
+        predictions = scratch / "val.jsonl" if split == "val" else None
+        for branch, m in evaluate(args.checkpoint, args.data_root, split, predictions).items():
             types = m.get("per_type", {})
             cells = [f"{types[t]['acc@0.5']:.1f}" if t in types else "–" for t in ("attribute", "location", "relation", "comparison")]
             lines.append(f"| {split} | {branch} | {m['acc@0.5']:.2f} | {m['acc@0.75']:.2f} | {m['miou']:.2f} | "
                          f"{' | '.join(cells)} | {m['count']} |")  # fmt: skip
+    lines += ["", "Where the val predictions land:", "",
+              "| branch | referred object | another object | no object |", "|---|---|---|---|"]  # fmt: skip
+    for branch, counts in where_predictions_land(scratch / "val.jsonl", args.data_root, "val").items():
+        total = sum(counts.values())
+        cells = " | ".join(f"{100 * counts[k] / total:.1f}%" for k in ("hit", "other object", "no object"))
+        lines.append(f"| {branch} | {cells} |")
     if args.run and (args.run / "train_log.csv").is_file():
         rows = list(csv.DictReader((args.run / "train_log.csv").open()))
         config = json.loads((args.run / "config.json").read_text())

@@ -93,6 +93,9 @@ class HeadConfig:
     decoder_ffn: int = 2048
     dropout: float = 0.1
     box_mlp_layers: int = 3
+    # Token branch at inference: reference point from this window (tokens per side) around
+    # the attention peak; 0 = the whole grid. Inference only, so checkpoints can change it.
+    reference_window: int = 3
     use_decoder: bool = True
     # ONE: number of token-branch copies with a gate (1 = a plain token branch), and which
     # one runs at inference (None = the gated ensemble of all).

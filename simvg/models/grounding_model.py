@@ -46,10 +46,10 @@ class SimVG(nn.Module):
         )
         if head.token_branches > 1:
             self.token_head: nn.Module = MultiBranchTokenHead(
-                dim, head.token_branches, head.box_mlp_layers, head.deploy_branch
+                dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window
             )
         else:
-            self.token_head = TokenBranch(dim, head.box_mlp_layers)
+            self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window)
         self.visual_proj = nn.Linear(width, dim)
         self.decoder_branch = None
         if head.use_decoder:

@@ -154,3 +154,30 @@ def test_configured_dropout_replaces_the_pretrained_checkpoints():
 
     model = build_text_transformer(EncoderConfig(type="hybrid", pretrained="minilm-l6", dropout=0.0), 30522, None)
     assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
+
+
+def test_token_reference_point_stays_on_one_object_when_attention_is_split():
+    from simvg.models.heads.token_branch import TokenBranch, grid_centres, local_soft_argmax
+
+    grid = (8, 8)
+    logits = torch.full((1, 64), -10.0)
+    logits[0, 1 * 8 + 1] = 5.0  # two candidates, far apart; the first slightly preferred
+    logits[0, 6 * 8 + 6] = 4.9
+    weights = local_soft_argmax(logits, grid, window=3)
+    assert torch.allclose(weights.sum(-1), torch.ones(1))
+    assert weights[0, 6 * 8 + 6] == 0
+    reference = weights @ grid_centres(grid)
+    assert torch.allclose(reference, grid_centres(grid)[1 * 8 + 1], atol=1e-3)
+    # The whole-grid expectation lands between the two, on neither.
+    between = logits.softmax(-1) @ grid_centres(grid)
+    assert (between - grid_centres(grid)[9]).abs().max() > 0.2
+
+    torch.manual_seed(0)
+    branch = TokenBranch(16, reference_window=3).eval()
+    token, visual, mask = torch.randn(2, 16), torch.randn(2, 64, 16), torch.ones(2, 64, dtype=torch.bool)
+    whole_grid = TokenBranch(16, reference_window=0).eval()
+    whole_grid.load_state_dict(branch.state_dict())
+    branch.train()
+    assert torch.equal(branch(token, visual, mask, grid)["boxes"], whole_grid(token, visual, mask, grid)["boxes"])
+    with pytest.raises(ValueError, match="reference_window"):
+        TokenBranch(16, reference_window=2)
