@@ -65,7 +65,8 @@ def main() -> None:
 
     lines = ["| split | branch | Acc@0.5 | Acc@0.75 | mIoU | attribute | location | relation | comparison | expressions |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    scratch = Path(tempfile.mkdtemp())
+    scratch_dir = tempfile.TemporaryDirectory()
+    scratch = Path(scratch_dir.name)
     for split in SPLITS:
         predictions = scratch / "val.jsonl" if split == "val" else None
         for branch, m in evaluate(args.checkpoint, args.data_root, split, predictions).items():
@@ -79,6 +80,7 @@ def main() -> None:
         total = sum(counts.values())
         cells = " | ".join(f"{100 * counts[k] / total:.1f}%" for k in ("hit", "other object", "no object"))
         lines.append(f"| {branch} | {cells} |")
+    scratch_dir.cleanup()
     if args.run and (args.run / "train_log.csv").is_file():
         rows = list(csv.DictReader((args.run / "train_log.csv").open()))
         config = json.loads((args.run / "config.json").read_text())

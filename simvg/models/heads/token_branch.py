@@ -60,7 +60,7 @@ class TokenBranch(nn.Module):
     def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 3):
         super().__init__()
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
-            raise ValueError(f"head.reference_window must be 0 or odd, got {reference_window}")
+            raise ValueError(f"model.head.reference_window must be 0 or odd, got {reference_window}")
         self.reference_window = reference_window
         self.proj = nn.Linear(dim, dim)
         self.query = nn.Linear(dim, dim)
