@@ -1,45 +1,36 @@
 """What the teacher recipe's choices are worth: short runs of configs/synthref_hybrid.yaml with
-one choice changed, val Acc@0.5 (token / decoder) at the end of each run, and the median
-training speed (a choice that learns more per step but runs slower may not pay in 20 minutes).
+one choice changed, val Acc@0.5 (token / decoder) at the end of each run. None of these
+choices changes the speed of a training step much (bench/train_speed.py measures it).
 
-    python bench/teacher_recipe.py --data-root DATA --out runs/recipe [--steps 500]
+    python bench/teacher_recipe.py --data-root DATA --out runs/recipe [--steps 500] [--only recipe,no_category]
 
 Each variant is `simvg train configs/synthref_hybrid.yaml --max-steps STEPS --set ...`; a run
 whose eval_log.csv already has its final step is not retrained. Writes
-bench/results/teacher_recipe.md.
+bench/results/teacher_recipe_STEPS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthref_hybrid.yaml"
-# The earlier recipe's regularisation: augmentation and dropout 0.1.
-REGULARISED = [
-    "data.augment.scale=[0.75, 1.0]",
-    "data.augment.flip=0.5",
-    "data.augment.color=0.5",
-    "model.encoder.dropout=0.1",
-    "model.head.dropout=0.1",
-]
+# Each row changes the recipe as its overrides say; rows without category supervision were
+# measured first, so several of them also set loss.category=0.
+NO_CATEGORY = ["loss.category=0"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "recipe": ("the recipe: sine position init, no augmentation, no dropout", []),
-    "regularised": ("+ augmentation and dropout 0.1", REGULARISED),
-    "regularised_noise_pos": (
-        "+ augmentation and dropout 0.1, position embeddings from small noise",
-        [*REGULARISED, "model.encoder.visual_pos_init=random"],
-    ),
-    "encoder_full_lr": ("pretrained encoder layers at the head's learning rate (mult 1.0, not 0.2)",
-                        ["train.encoder_lr_mult=1.0"]),
-    "lr_2x": ("learning rate 6e-4 (not 3e-4) for every group", ["train.lr=6e-4"]),
-    "image_160": ("160 px input (10x10 visual tokens, not 8x8)", ["model.image_size=160"]),
+    "recipe": ("the recipe: cell boxes, detail features, token_ref 5, word alignment 20, category 20", []),
+    "no_category": ("without category supervision", NO_CATEGORY),
+    "word_alignment_1": ("without category, word alignment weight 1 (not 20)",
+                         [*NO_CATEGORY, "loss.word_alignment=1.0"]),
+    "word_alignment_50": ("without category, word alignment weight 50", [*NO_CATEGORY, "loss.word_alignment=50.0"]),
+    "no_decoder": ("without category, word alignment 1, no decoder branch (so no DWBD)",
+                   [*NO_CATEGORY, "loss.word_alignment=1.0", "model.head.use_decoder=false"]),
 }
 
 
@@ -51,25 +42,24 @@ def final_accuracy(run: Path, steps: int) -> dict[str, float] | None:
     return {r["branch"]: float(r["acc@0.5"]) for r in rows} or None
 
 
-def median_speed(run: Path) -> float:
-    """Median training images/s over the run's logged steps (train_log.csv)."""
-    return statistics.median(float(r["images_per_s"]) for r in csv.DictReader((run / "train_log.csv").open()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("runs/recipe"))
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants to run")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     lines = [
         f"val Acc@0.5 after {args.steps} steps (1000 val expressions, seed 0)",
         "",
-        "| variant | what | train images/s | token | decoder |",
-        "|---|---|---|---|---|",
+        "| variant | what | token | decoder |",
+        "|---|---|---|---|",
     ]
-    for name, (what, overrides) in VARIANTS.items():
+    for name in args.only.split(","):
+        if name not in VARIANTS:
+            parser.error(f"--only: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+        what, overrides = VARIANTS[name]
         run = args.out.resolve() / name
         if final_accuracy(run, args.steps) is None:
             cmd = [sys.executable, "-m", "simvg", "train", str(CONFIG), "--data-root", str(args.data_root.resolve()),
@@ -80,10 +70,11 @@ def main() -> None:
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT)
         acc = final_accuracy(run, args.steps)
-        lines.append(f"| {name} | {what} | {median_speed(run):.1f} | {acc['token']:.1f} | {acc['decoder']:.1f} |")
+        decoder = f"{acc['decoder']:.1f}" if "decoder" in acc else "–"
+        lines.append(f"| {name} | {what} | {acc['token']:.1f} | {decoder} |")
     table = "\n".join(lines)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "teacher_recipe.md").write_text(f"{table}\n\nCommand: `{' '.join(sys.argv)}`\n")
+    (args.results / f"teacher_recipe_{args.steps}.md").write_text(f"{table}\n\nCommand: `{' '.join(sys.argv)}`\n")
     print(table)
 
 

@@ -20,15 +20,22 @@ import torch
 from simvg.config import load_config
 from simvg.data.dataset import Collator
 from simvg.engine.optim import autocast, build_optimizer, resolve_amp
-from simvg.engine.tasks import GroundingLoss, build_datasets, quiet_transformers, tokenizer_source
+from simvg.engine.tasks import (
+    GroundingLoss,
+    build_auxiliary_losses,
+    build_datasets,
+    quiet_transformers,
+    tokenizer_source,
+)
 from simvg.models import GroundingCriterion, build_model
 from simvg.models.pretrained import load_tokenizer
 
 
-def step_time(config, batches, steps: int) -> float:
+def step_time(config, batches, steps: int, tokenizer, records) -> float:
     torch.manual_seed(0)
-    model = build_model(config.model, 30522)
-    module = GroundingLoss(model, GroundingCriterion(config.loss)).train()
+    model = build_model(config.model, len(tokenizer))
+    auxiliary = build_auxiliary_losses(model, config, tokenizer, records)
+    module = GroundingLoss(model, GroundingCriterion(config.loss), auxiliary).train()
     optimizer = build_optimizer(module, config.train)
     device = torch.device("cpu")
     amp = resolve_amp(config.train.amp, device)
@@ -72,7 +79,7 @@ def main() -> None:
     collate = Collator(tokenizer.pad_token_id)
     batches = [collate(samples[i : i + size]) for i in range(0, args.samples - size + 1, size)]
 
-    step = step_time(config, batches, args.steps)
+    step = step_time(config, batches, args.steps, tokenizer, train_set.records)
     training = size / step
     emit(f"threads: {torch.get_num_threads()}, batch {size}, image {config.model.image_size} px, amp {config.train.amp}\n")
     emit("| what | images / s |\n|---|---|")
@@ -88,7 +95,7 @@ def main() -> None:
     ]
     emit("| step variant | s / step | images / s |\n|---|---|---|")
     for name, overrides in variants:
-        seconds = step_time(load_config(args.config, overrides), batches, args.steps)
+        seconds = step_time(load_config(args.config, overrides), batches, args.steps, tokenizer, train_set.records)
         emit(f"| {name} | {seconds:.3f} | {size / seconds:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + f"\n\nCommand: `python {' '.join(sys.argv)}`\n")

@@ -93,9 +93,10 @@ class HeadConfig:
     decoder_ffn: int = 2048
     dropout: float = 0.1
     box_mlp_layers: int = 3
-    # Token branch at inference: reference point from this window (tokens per side) around
-    # the attention peak; 0 = the whole grid. Inference only, so checkpoints can change it.
-    reference_window: int = 3
+    # Token branch answer: the box of the most attended visual token (1), or the attention-
+    # weighted boxes of this odd window of tokens around it; 0 = the whole grid. It changes
+    # only how the answer is read off, so a checkpoint can be evaluated with another value.
+    reference_window: int = 1
     use_decoder: bool = True
     # ONE: number of token-branch copies with a gate (1 = a plain token branch), and which
     # one runs at inference (None = the gated ensemble of all).
@@ -161,6 +162,11 @@ class LossConfig:
     # Token branch: cross-entropy of its attention over visual tokens against the token
     # holding the target's centre (see simvg.models.heads.token_branch).
     token_ref: float = 1.0
+    # Auxiliary losses on the referred object's visual token before fusion (hybrid encoder
+    # only; 0 = off): it predicts the phrase's words (simvg.models.word_alignment) and
+    # classifies the object's annotated category (simvg.models.category).
+    word_alignment: float = 0.0
+    category: float = 0.0
 
 
 @dataclass

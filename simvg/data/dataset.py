@@ -171,6 +171,7 @@ class GroundingDataset(Dataset):
             "expression_index": expression_index,
             "ref_id": record.ref_id,
             "expression_type": types[expression_index] if types else None,
+            "category": record.category,
         }
         return self.preprocessor(
             image,

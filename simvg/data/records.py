@@ -37,6 +37,13 @@ class GroundingRecord:
         self.image_path = Path(self.image_path)
         self.box_xyxy = tuple(float(v) for v in self.box_xyxy)  # type: ignore[assignment]
 
+    @property
+    def category(self) -> str | int | None:
+        """The referred object's category where the annotations give one: ``category_id``
+        (COCO, in both RefCOCO layouts) or ``category`` (SynthRef: "large yellow circle")."""
+        category_id = self.extra.get("category_id")
+        return category_id if category_id is not None else self.extra.get("category")
+
 
 def xywh_to_xyxy(box: list[float] | tuple[float, ...]) -> tuple[float, float, float, float]:
     """COCO (x, y, w, h) pixels -> (x0, y0, x1, y1) pixels."""

@@ -1,5 +1,6 @@
 """The student's training objective: ground truth, ONE, teacher box KD with DWBD-style
-confidence, attention transfer on the stem, token feature mimicking.
+confidence, attention transfer on the stem, token feature mimicking (and, as for a teacher,
+auxiliary supervision of its visual tokens).
 
 The teachers are frozen and kept out of this module's parameters and state dict.
 """
@@ -16,7 +17,14 @@ from distill.one import sigmoid_rampup
 from simvg.config import Config
 from simvg.data.dataset import Batch
 from simvg.models import SimVG
-from simvg.models.criterion import OBJECT, box_losses, paired_iou, reference_loss
+from simvg.models.auxiliary import AuxiliaryLosses
+from simvg.models.criterion import (
+    OBJECT,
+    cell_box_losses,
+    paired_iou,
+    positive_cells,
+    reference_loss,
+)
 from simvg.models.postprocess import select_boxes
 
 
@@ -33,11 +41,21 @@ class DistillationLoss(nn.Module):
     With several teachers, their boxes and confidences are averaged (the plain
     multi-teacher baseline). ``start_model`` (optional, frozen) adds TAKFL's
     self-regularisation: the student's boxes stay close to those of its starting weights.
+    ``auxiliary`` (optional) adds word alignment / category supervision of the student's
+    visual tokens, as for a teacher with a fresh stem.
     """
 
-    def __init__(self, student: SimVG, teachers: list[SimVG], config: Config, start_model: SimVG | None = None):
+    def __init__(
+        self,
+        student: SimVG,
+        teachers: list[SimVG],
+        config: Config,
+        start_model: SimVG | None = None,
+        auxiliary: AuxiliaryLosses | None = None,
+    ):
         super().__init__()
         self.student = student
+        self.auxiliary = auxiliary
         self.config = config
         self._frozen = [m.eval().requires_grad_(False) for m in teachers]
         self._start = [start_model.eval().requires_grad_(False)] if start_model is not None else []
@@ -77,7 +95,7 @@ class DistillationLoss(nn.Module):
             "loss_at": d.attention_transfer, "loss_mimic": d.feature_mimic,
             "loss_self_l1": d.self_regularization * loss.l1, "loss_self_giou": d.self_regularization * loss.giou,
             "loss_tok_ref": d.gt * loss.token_ref,
-        }  # fmt: skip
+        } | (self.auxiliary.weight_dict if self.auxiliary is not None else {})  # fmt: skip
 
     @torch.no_grad()
     def _teacher_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]:
@@ -106,22 +124,27 @@ class DistillationLoss(nn.Module):
         targets = batch.targets
         labels = torch.full((len(targets),), OBJECT, dtype=torch.long, device=targets.device)
         losses: dict[str, torch.Tensor] = {}
-        parts = [box_losses(h["boxes"], targets) for h in heads]
+        positives = positive_cells(targets, out["grid"])
+
+        def box_terms(head: dict, goal: torch.Tensor, weights: torch.Tensor | None = None):
+            return cell_box_losses(head["cell_boxes"], goal, positives, weights)
+
+        parts = [box_terms(h, targets) for h in heads]
         losses["loss_gt_ce"] = sum(F.cross_entropy(h["logits"].float(), labels) for h in heads)
         losses["loss_gt_l1"] = sum(p[0] for p in parts)
         losses["loss_gt_giou"] = sum(p[1] for p in parts)
         if one and d.one > 0:
-            ensemble = token["boxes"].detach()
+            ensemble = token["cell_boxes"].detach()
             losses["loss_one_kd"] = sum(
                 kd_loss(b["logits"].float(), token["logits"].float(), d.one_temperature) for b in token["branches"]
             )
-            pulls = [box_losses(b["boxes"], ensemble) for b in token["branches"]]
+            pulls = [box_terms(b, ensemble) for b in token["branches"]]
             losses["loss_one_l1"] = sum(p[0] for p in pulls)
             losses["loss_one_giou"] = sum(p[1] for p in pulls)
         if d.box_kd > 0:
             weights = confidence if d.box_kd_confidence else None
             scale = confidence.mean() if d.box_kd_confidence else 1.0
-            kd = [box_losses(h["boxes"], teacher_boxes, weights) for h in heads]
+            kd = [box_terms(h, teacher_boxes, weights) for h in heads]
             losses["loss_box_kd_l1"] = sum(k[0] for k in kd) * scale
             losses["loss_box_kd_giou"] = sum(k[1] for k in kd) * scale
         if self.at_student:
@@ -132,11 +155,13 @@ class DistillationLoss(nn.Module):
         if self._start and d.self_regularization > 0:
             with torch.no_grad():
                 start = self._start[0](batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
-            pulls = [box_losses(h["boxes"], start["token"]["boxes"]) for h in heads]
+            pulls = [box_terms(h, start["token"]["cell_boxes"]) for h in heads]
             losses["loss_self_l1"] = sum(p[0] for p in pulls)
             losses["loss_self_giou"] = sum(p[1] for p in pulls)
         if self.config.loss.token_ref > 0:
             losses["loss_tok_ref"] = sum(reference_loss(h["ref_logits"], out["grid"], targets) for h in heads)
+        if self.auxiliary is not None:
+            losses |= self.auxiliary(self.student, out, batch)
         weights = self.weight_dict
         total = sum(losses[k] * weights[k] for k in losses)
         if self.training:

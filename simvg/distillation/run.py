@@ -23,7 +23,7 @@ from simvg.distillation.student import build_student
 from simvg.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from simvg.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
-from simvg.engine.tasks import build_datasets, quiet_transformers
+from simvg.engine.tasks import build_auxiliary_losses, build_datasets, quiet_transformers
 from simvg.engine.train import TrainingTask, fit
 from simvg.models.criterion import box_losses
 
@@ -39,13 +39,6 @@ def load_teachers(paths: list[str]) -> list[dict]:
     return teachers
 
 
-def _task(config: Config, module: DistillationLoss, student, backbone: dict, tokenizer, data_root, extra: dict) -> TrainingTask:
-    train_set, val_set = build_datasets(config, data_root, tokenizer)
-    return TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
-                        tokenizer=tokenizer, train_dataset=train_set, val_dataset=val_set, eval_branches=("token",),
-                        checkpoint_extra=extra)  # fmt: skip
-
-
 def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
                 resume: bool, stop_after: int | None, progress: bool, start: dict | None = None) -> dict:  # fmt: skip
     """Distil from ``teachers`` (averaged if several) into a fresh student; returns fit's summary."""
@@ -56,9 +49,13 @@ def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path
     if start is not None:  # TAKFL: every per-teacher student starts from the same weights
         student.load_state_dict(start)
         start_model = copy.deepcopy(student)
-    module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model=start_model)
+    train_set, val_set = build_datasets(config, data_root, first["tokenizer"])
+    auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
+    module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model, auxiliary)
     extra = {"teachers": [t["path"] for t in teachers], "distilled": True}
-    task = _task(config, module, student, backbone, first["tokenizer"], data_root, extra)
+    task = TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
+                        tokenizer=first["tokenizer"], train_dataset=train_set, val_dataset=val_set,
+                        eval_branches=("token",), checkpoint_extra=extra)  # fmt: skip
     return fit(task, output, context, resume=resume, stop_after=stop_after, progress=progress)
 
 

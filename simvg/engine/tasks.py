@@ -15,7 +15,10 @@ from simvg.data.readers import load_records
 from simvg.data.records import GroundingRecord
 from simvg.engine.train import TrainingTask
 from simvg.models import GroundingCriterion, build_model
+from simvg.models.auxiliary import AuxiliaryLosses
+from simvg.models.category import CategoryLoss
 from simvg.models.pretrained import MINILM_ALIAS, load_tokenizer
+from simvg.models.word_alignment import WordAlignmentLoss
 
 
 def quiet_transformers() -> None:
@@ -33,18 +36,56 @@ def tokenizer_source(config: Config) -> str:
 
 
 class GroundingLoss(nn.Module):
-    """The model plus its criterion: forward(batch) -> (weighted total, logs)."""
+    """The model plus its criterion: forward(batch) -> (weighted total, logs).
 
-    def __init__(self, model: nn.Module, criterion: GroundingCriterion):
+    ``auxiliary`` (optional) adds word alignment / category supervision of the referred
+    object's visual token; its heads are trained here and not saved with the model.
+    """
+
+    def __init__(self, model: nn.Module, criterion: GroundingCriterion, auxiliary: AuxiliaryLosses | None = None):
         super().__init__()
         self.model = model
         self.criterion = criterion
+        self.auxiliary = auxiliary
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self.model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
         losses, stats = self.criterion(outputs, batch.targets)
         total = self.criterion.total(losses, self.model.config.head.decoder_layers)
+        if self.auxiliary is not None:
+            extra = self.auxiliary(self.model, outputs, batch)
+            total = total + sum(extra[k] * self.auxiliary.weight_dict[k] for k in extra)
+            losses |= extra
         return total, {k: float(v.detach()) for k, v in losses.items()} | stats
+
+
+def build_auxiliary_losses(
+    model: nn.Module, config: Config, tokenizer, train_records: list[GroundingRecord]
+) -> AuxiliaryLosses | None:
+    """The auxiliary heads that ``loss.word_alignment`` and ``loss.category`` ask for (None if
+    neither): they need an encoder with its own visual stem (hybrid), and category supervision
+    needs training records that name their object's category."""
+    loss = config.loss
+    if loss.word_alignment <= 0 and loss.category <= 0:
+        return None
+    if not hasattr(model.encoder, "word_embedding_matrix"):
+        raise ValueError(
+            f"loss.word_alignment and loss.category need an encoder with its own visual stem (hybrid), "
+            f"not '{config.model.encoder.type}'; set them to 0"
+        )
+    width = model.encoder.hidden_size
+    word_alignment = WordAlignmentLoss(width, tokenizer.all_special_ids) if loss.word_alignment > 0 else None
+    category = None
+    if loss.category > 0:
+        categories = sorted({r.category for r in train_records if r.category is not None}, key=str)
+        if not categories:
+            raise ValueError(
+                f"loss.category needs records with a category ('category_id' or 'category'), but no "
+                f"'{config.data.train_split}' record of dataset '{config.data.dataset}' has one; set loss.category=0"
+            )
+        category = CategoryLoss(width, categories)
+    weights = {"loss_word_alignment": loss.word_alignment, "loss_category": loss.category}
+    return AuxiliaryLosses(word_alignment, category, weights)
 
 
 def filter_expression_types(records: list[GroundingRecord], types: list[str]) -> list[GroundingRecord]:
@@ -95,7 +136,7 @@ def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
     branches = ("token", "decoder") if config.model.head.use_decoder else ("token",)
     return TrainingTask(
         config=config,
-        module=GroundingLoss(model, GroundingCriterion(config.loss)),
+        module=GroundingLoss(model, GroundingCriterion(config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
         export_model=model,
         backbone_config=model.encoder.backbone_config(),
         tokenizer=tokenizer,

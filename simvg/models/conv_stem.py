@@ -49,6 +49,7 @@ class ConvStem(nn.Module):
             stages.append(nn.Sequential(*layers))
             in_channels = out_channels
         self.stages = nn.ModuleList(stages)
+        self.channels = list(channels)
         self.stride = 2 ** len(channels)
         self.out_channels = channels[-1]
 

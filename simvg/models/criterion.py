@@ -15,6 +15,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from distill.losses import box_distillation_loss
 from simvg.config import LossConfig
+from simvg.models.heads.token_branch import grid_centres
 
 OBJECT, NO_OBJECT = 0, 1
 
@@ -44,13 +45,47 @@ def match_queries(logits: torch.Tensor, boxes: torch.Tensor, targets: torch.Tens
         return cost.argmin(dim=1)
 
 
-def reference_loss(ref_logits: torch.Tensor, grid: tuple[int, int], targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the token branch's attention logits (B, h*w) against the token whose
-    cell holds the target box's centre (targets (B, 4) normalised cxcywh)."""
+def centre_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B,) index of the row-major grid cell holding each target's centre; targets (B, 4)
+    normalised cxcywh."""
     h, w = grid
     column = (targets[:, 0].clamp(0, 1 - 1e-6) * w).long()
     row = (targets[:, 1].clamp(0, 1 - 1e-6) * h).long()
-    return F.cross_entropy(ref_logits.float(), row * w + column)
+    return row * w + column
+
+
+def reference_loss(ref_logits: torch.Tensor, grid: tuple[int, int], targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the token branch's attention logits (B, h*w) against the token whose
+    cell holds the target box's centre (targets (B, 4) normalised cxcywh)."""
+    return F.cross_entropy(ref_logits.float(), centre_cells(targets, grid))
+
+
+def positive_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w) bool: the cells whose box regression is trained for each target: the cell
+    holding its centre and every cell whose centre lies inside the box (so that a peak one
+    cell off still answers with the object's box)."""
+    centres = grid_centres(grid, targets.device)  # (N, 2)
+    low, high = targets[:, None, :2] - targets[:, None, 2:] / 2, targets[:, None, :2] + targets[:, None, 2:] / 2
+    inside = ((centres[None] >= low) & (centres[None] <= high)).all(dim=-1)
+    inside[torch.arange(len(targets), device=targets.device), centre_cells(targets, grid)] = True
+    return inside
+
+
+def cell_box_losses(
+    cell_boxes: torch.Tensor, targets: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean L1 and 1 - GIoU of the token branch's per-cell boxes against their targets,
+    over the positive cells: each sample's positives share its weight equally.
+
+    cell_boxes: (B, N, 4) normalised cxcywh; targets: (B, 4), or (B, N, 4) one per cell;
+    positives: (B, N) bool (see :func:`positive_cells`); weights: optional (B,) per sample.
+    """
+    rows, cells = positives.nonzero(as_tuple=True)
+    per_cell = (1.0 / positives.sum(dim=1).clamp_min(1).float())[rows]
+    if weights is not None:
+        per_cell = per_cell * weights.detach().float()[rows]
+    goal = targets[rows, cells] if targets.dim() == 3 else targets[rows]
+    return box_losses(cell_boxes[rows, cells], goal, per_cell)
 
 
 class GroundingCriterion(nn.Module):
@@ -98,7 +133,8 @@ class GroundingCriterion(nn.Module):
         token = outputs["token"]
         object_labels = torch.full((len(targets),), OBJECT, dtype=torch.long, device=targets.device)
         token_ce = F.cross_entropy(token["logits"].float(), object_labels)
-        token_l1, token_giou = box_losses(token["boxes"], targets)
+        positives = positive_cells(targets, outputs["grid"])
+        token_l1, token_giou = cell_box_losses(token["cell_boxes"], targets, positives)
         balance = 0.0
         decoder = outputs.get("decoder")
         if decoder is not None:
@@ -114,7 +150,7 @@ class GroundingCriterion(nn.Module):
                     fg = decoder["logits"][rows, matched].float().softmax(-1)[:, OBJECT]
                     balance_tensor = (fg * paired_iou(teacher_boxes, targets)).mean()
                 balance = float(balance_tensor)
-                kd_l1, kd_giou = box_losses(token["boxes"], teacher_boxes)
+                kd_l1, kd_giou = cell_box_losses(token["cell_boxes"], teacher_boxes, positives)
                 losses |= {
                     "loss_tok_kd_ce": token_ce * balance_tensor,
                     "loss_tok_kd_l1": kd_l1 * balance_tensor,

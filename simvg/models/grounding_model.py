@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from simvg.config import ModelConfig
@@ -12,6 +13,14 @@ from simvg.models.encoders import build_encoder
 from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
 from simvg.models.heads.position_encoding import sine_position_encoding
 from simvg.models.heads.token_branch import MultiBranchTokenHead
+
+
+def cell_detail(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A (B, C, H, W) map at twice the token grid's resolution -> (B, h*w, 4C): each token
+    cell's 2 x 2 sub-cells stacked (space-to-depth); the map is zero-padded to (2h, 2w)."""
+    h, w = grid
+    features = F.pad(features, (0, 2 * w - features.shape[3], 0, 2 * h - features.shape[2]))
+    return F.pixel_unshuffle(features, 2).flatten(2).transpose(1, 2)
 
 
 @lru_cache(maxsize=16)
@@ -28,7 +37,8 @@ class SimVG(nn.Module):
         "gate" with ONE heads),
       "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
         branch runs,
-      "object_token": (B, D) the fused token the token branch reads.
+      "object_token": (B, D) the fused token the token branch reads,
+      "visual_content": (B, N, W) the visual tokens before fusion (hybrid encoder only).
     Boxes are normalised cx, cy, w, h in the letterbox frame; class 0 = object.
     """
 
@@ -51,6 +61,10 @@ class SimVG(nn.Module):
         else:
             self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window)
         self.visual_proj = nn.Linear(width, dim)
+        # Finer stem features (one stage before the token grid) give the token branch's
+        # per-cell boxes the detail that small objects need; only the hybrid has a stem.
+        stem = getattr(self.encoder, "stem", None)
+        self.detail_proj = nn.Linear(4 * stem.channels[-2], dim) if stem is not None and len(stem.channels) > 1 else None
         self.decoder_branch = None
         if head.use_decoder:
             self.decoder_branch = DecoderBranch(
@@ -89,11 +103,16 @@ class SimVG(nn.Module):
         queries = self.query_generator(text, encoded.text_mask)
         object_token = self.object_proj(encoded.object_token) + queries[:, 0]
         visual = self.visual_proj(encoded.visual_tokens)
+        detail = None
+        if self.detail_proj is not None:
+            detail = self.detail_proj(cell_detail(encoded.stem_features[-2], encoded.grid))
         out: dict = {
-            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid),
+            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail),
             "object_token": object_token,
             "grid": encoded.grid,
         }
+        if encoded.visual_content is not None:
+            out["visual_content"] = encoded.visual_content
         run_decoder = self.decoder_branch is not None if use_decoder is None else use_decoder
         if run_decoder:
             if self.decoder_branch is None:

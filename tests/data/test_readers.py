@@ -40,6 +40,7 @@ def test_refer_layout_reads_refs_and_coco(refer_root):
     assert record.expressions == ["man on the left", "left guy"]
     assert (record.width, record.height) == (64, 48)
     assert record.image_path == refer_root / "images" / "mscoco" / "train2014" / "COCO_train2014_000000581857.jpg"
+    assert record.category == 1  # the COCO category_id, for loss.category
     (test_record,) = load_records(refer_root, "refcoco-unc", "testA")
     assert test_record.ref_id == 8
 

@@ -33,6 +33,16 @@ def test_training_writes_last_best_and_logs(synthref_root, tmp_path):
     assert {(int(r["step"]), r["branch"]) for r in evals} == {(4, "token"), (4, "decoder"), (8, "token"), (8, "decoder")}
 
 
+def test_word_alignment_trains_a_head_that_is_not_saved_with_the_model(synthref_root, tmp_path):
+    assert train(["--set", "loss.word_alignment=1.0"], synthref_root, tmp_path / "run") == 0
+    with (tmp_path / "run" / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["loss_word_alignment"]) > 0 for r in rows)
+    assert not any(k.startswith("word_alignment") for k in weights(tmp_path / "run" / "last"))
+    module = load_file(str(tmp_path / "run" / "last" / "training_module.safetensors"))
+    assert any("word_alignment." in k for k in module)  # kept for --resume
+
+
 def test_resumed_run_ends_with_the_same_weights(synthref_root, tmp_path):
     assert train([], synthref_root, tmp_path / "straight") == 0
     assert train(["--stop-after", "3"], synthref_root, tmp_path / "stopped") == 0

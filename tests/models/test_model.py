@@ -50,7 +50,8 @@ def test_criterion_zero_box_loss_for_perfect_predictions_and_dwbd_weight():
     ref_logits = torch.full((2, 16), -10.0)
     ref_logits[0, 2 * 4 + 2] = ref_logits[1, 2 * 4 + 1] = 10.0  # the cells holding the centres
     outputs = {
-        "token": {"logits": torch.tensor([[8.0, -8.0]] * 2), "boxes": targets.clone(), "ref_logits": ref_logits},
+        "token": {"logits": torch.tensor([[8.0, -8.0]] * 2), "boxes": targets.clone(), "ref_logits": ref_logits,
+                  "cell_boxes": targets[:, None].expand(-1, 16, -1).clone()},
         "decoder": {"logits": confident, "boxes": targets[:, None].clone(), "aux": []},
         "grid": (4, 4),
     }
@@ -63,6 +64,40 @@ def test_criterion_zero_box_loss_for_perfect_predictions_and_dwbd_weight():
     losses, stats = criterion(outputs, targets)
     assert stats["dwbd_weight"] == pytest.approx(0.0, abs=1e-6)
     assert set(losses) <= set(criterion.weight_dict) | set(criterion.decoder_weight_dict(1))
+
+
+def test_token_box_loss_trains_the_cells_on_the_target():
+    from simvg.models.criterion import cell_box_losses, positive_cells
+
+    grid = (4, 4)
+    targets = torch.tensor([[0.5, 0.5, 0.6, 0.6], [0.3, 0.6, 0.1, 0.1]])
+    positives = positive_cells(targets, grid)
+    # A large box: the 4 cells whose centres it covers (the centre cell among them); a small
+    # box covering no cell centre: just the cell holding its centre.
+    assert positives[0].reshape(grid)[1:3, 1:3].all() and positives[0].sum() == 4
+    assert positives[1].nonzero().flatten().tolist() == [2 * 4 + 1]
+    cells = torch.rand(2, 16, 4) * 0.5 + 0.25
+    cells[positives] = targets[positives.nonzero()[:, 0]]
+    l1, giou = cell_box_losses(cells, targets, positives)
+    assert float(l1) == pytest.approx(0.0, abs=1e-5) and float(giou) == pytest.approx(0.0, abs=1e-5)
+    # Cells off the target do not count; a wrong positive cell does, weighted within its sample.
+    cells[1, 2 * 4 + 1] = torch.tensor([0.9, 0.9, 0.1, 0.1])
+    l1, _ = cell_box_losses(cells, targets, positives)
+    assert float(l1) == pytest.approx((0.6 + 0.3) / 2, abs=1e-5)
+
+
+def test_cell_detail_gives_each_token_cell_its_sub_cells():
+    from simvg.models.grounding_model import cell_detail
+
+    features = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    detail = cell_detail(features, (2, 2))
+    assert detail.shape == (2, 4, 12)
+    # Cell (row 1, col 0) of image 1 holds rows 2-3, columns 0-1 of every channel.
+    want = features[1, :, 2:4, 0:2].reshape(-1)
+    assert sorted(detail[1, 2].tolist()) == sorted(want.tolist())
+    # A map one short of twice the grid (odd sizes) is zero-padded, not cropped.
+    odd = cell_detail(torch.ones(1, 1, 3, 3), (2, 2))
+    assert odd.shape == (1, 4, 4) and float(odd.sum()) == 9.0
 
 
 def test_matching_picks_the_best_query():
@@ -156,7 +191,7 @@ def test_configured_dropout_replaces_the_pretrained_checkpoints():
     assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
 
 
-def test_token_reference_point_stays_on_one_object_when_attention_is_split():
+def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_objects():
     from simvg.models.heads.token_branch import TokenBranch, grid_centres, local_soft_argmax
 
     grid = (8, 8)
@@ -166,18 +201,26 @@ def test_token_reference_point_stays_on_one_object_when_attention_is_split():
     weights = local_soft_argmax(logits, grid, window=3)
     assert torch.allclose(weights.sum(-1), torch.ones(1))
     assert weights[0, 6 * 8 + 6] == 0
-    reference = weights @ grid_centres(grid)
-    assert torch.allclose(reference, grid_centres(grid)[1 * 8 + 1], atol=1e-3)
     # The whole-grid expectation lands between the two, on neither.
     between = logits.softmax(-1) @ grid_centres(grid)
     assert (between - grid_centres(grid)[9]).abs().max() > 0.2
 
     torch.manual_seed(0)
-    branch = TokenBranch(16, reference_window=3).eval()
     token, visual, mask = torch.randn(2, 16), torch.randn(2, 64, 16), torch.ones(2, 64, dtype=torch.bool)
-    whole_grid = TokenBranch(16, reference_window=0).eval()
-    whole_grid.load_state_dict(branch.state_dict())
-    branch.train()
-    assert torch.equal(branch(token, visual, mask, grid)["boxes"], whole_grid(token, visual, mask, grid)["boxes"])
+    branch = TokenBranch(16, reference_window=1).eval()
+    torch.nn.init.normal_(branch.box_head.layers[-1].weight)  # cells propose different boxes
+    out = branch(token, visual, mask, grid)
+    peak = out["ref_logits"].argmax(-1)
+    assert torch.equal(out["boxes"], out["cell_boxes"][torch.arange(2), peak])
+    # Each cell's box is placed relative to that cell.
+    assert out["cell_boxes"].shape == (2, 64, 4)
+    offsets = (out["cell_boxes"][..., :2] - grid_centres(grid)) * 8
+    assert torch.allclose(offsets, branch.box_head(visual + branch.condition(token)[:, None])[..., :2], atol=1e-5)
+    # Window 3 mixes the boxes of the peak's neighbours only.
+    windowed = TokenBranch(16, reference_window=3).eval()
+    windowed.load_state_dict(branch.state_dict())
+    near = local_soft_argmax(out["ref_logits"], grid, 3)
+    expected = torch.einsum("bn,bnc->bc", near, out["cell_boxes"])
+    assert torch.allclose(windowed(token, visual, mask, grid)["boxes"], expected, atol=1e-6)
     with pytest.raises(ValueError, match="reference_window"):
         TokenBranch(16, reference_window=2)

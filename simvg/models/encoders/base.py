@@ -25,6 +25,8 @@ class EncoderOutput:
     visual_mask: (B, N) bool, True where the token covers image pixels (not padding).
     text_tokens: (B, L, D); text_mask: (B, L) bool.
     stem_features: feature maps of the visual stem stages (hybrid only), for distillation.
+    visual_content: (B, N, D) the visual tokens' content before fusion with the text (no
+        position), where the backbone has one of its own (hybrid only), for word alignment.
     """
 
     object_token: torch.Tensor
@@ -34,6 +36,7 @@ class EncoderOutput:
     text_tokens: torch.Tensor
     text_mask: torch.Tensor
     stem_features: list[torch.Tensor]
+    visual_content: torch.Tensor | None = None
 
 
 def token_grid_mask(pixel_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -117,6 +117,10 @@ class HybridEncoder(nn.Module):
 
             convert_convs(self.stem, config.stem_conv)
         self.visual_proj = nn.Conv2d(self.stem.out_channels, hidden, 1)
+        # The projected stem features start tiny next to the position encoding (norm ~0.7 vs
+        # ~14 at 384 dims), so the visual tokens would carry little but their position until
+        # the projection grows; normalising them puts content and position on equal terms.
+        self.content_norm = nn.LayerNorm(hidden)
         side = image_size // self.stem.stride
         self.grid = (side, side)
         self.visual_pos = nn.Parameter(torch.zeros(1, side * side, hidden))
@@ -136,6 +140,13 @@ class HybridEncoder(nn.Module):
     def backbone_config(self) -> dict:
         """The transformer's HF config as a dict (saved in checkpoints to rebuild the structure)."""
         return self.hf_config.to_dict()
+
+    def word_embedding_matrix(self) -> torch.Tensor:
+        """(vocab, hidden) input embedding of every word (a factorised table multiplied out)."""
+        words = self.embeddings.word_embeddings
+        if isinstance(words, FactorizedEmbedding):
+            return words.project(words.embed.weight)
+        return words.weight
 
     def _visual_positions(self, grid: tuple[int, int]) -> torch.Tensor:
         if grid == self.grid:
@@ -158,7 +169,8 @@ class HybridEncoder(nn.Module):
         feature_map = self.visual_proj(stem_features[-1])
         grid = (feature_map.shape[2], feature_map.shape[3])
         visual_type = self.embeddings.token_type_embeddings.weight[1]
-        visual = feature_map.flatten(2).transpose(1, 2) + self._visual_positions(grid) + visual_type
+        content = self.content_norm(feature_map.flatten(2).transpose(1, 2))
+        visual = content + self._visual_positions(grid) + visual_type
         obj = self.object_token.expand(batch, -1, -1) + visual_type
         visual = self.dropout(self.visual_norm(torch.cat([obj, visual], dim=1)))
         visual_mask = token_grid_mask(pixel_mask, grid)
@@ -184,4 +196,5 @@ class HybridEncoder(nn.Module):
             text_tokens=sequence[:, 1 : 1 + length],
             text_mask=text_mask,
             stem_features=stem_features,
+            visual_content=content,
         )

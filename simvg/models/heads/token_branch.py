@@ -1,16 +1,17 @@
 """The token branch: one box and a 2-way score from the (query-enriched) object token.
 
-SimVG regresses the box from the object token with an MLP. Here the object token also acts
-as one attention query over the encoder's visual tokens: the attention gives a reference
-point (the expected position of the attended tokens) and a pooled feature, and the box
-is predicted relative to that point. The attention logits get a direct loss (which token
-holds the target's centre), so localisation is learned from far fewer samples than a
-box regressed from the token alone; at inference it costs one (1 x N) attention.
+SimVG regresses the box from the object token with an MLP. Here the object token acts as
+one attention query over the encoder's visual tokens, and the box comes from the token it
+points at: the attention logits get a direct loss (which token holds the target's centre),
+and every visual token regresses a box relative to its own cell (conditioned on the object
+token), trained on the cells that lie on the target. Finding the object (which cell) and
+measuring it (the box around that cell) are learned separately, from far fewer samples than
+a box regressed from the object token alone; at inference it costs one (1 x N) attention and
+a small MLP over the tokens.
 
-At inference the reference point is the expected position within a small window around the
-most attended token (a local soft-argmax), not over the whole grid: when the attention is
-split between candidate objects, the global expectation lands between them, on no object.
-Training keeps the global expectation, so every logit gets a gradient.
+The answer is the box of the most attended cell (or the attention-weighted boxes of a small
+window around it), never an average over the whole grid: when the attention is split
+between candidate objects, the global average lands between them, on no object.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import torch
 from torch import nn
 
 from simvg.models.heads.mlp import MLP
+
+# sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
+INITIAL_SIZE_LOGIT = -1.7
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -49,15 +53,20 @@ def local_soft_argmax(logits: torch.Tensor, grid: tuple[int, int], window: int) 
 
 
 class TokenBranch(nn.Module):
-    """Object token -> {"logits": (B, 2), "boxes": (B, 4) normalised cx, cy, w, h,
-    "ref_logits": (B, N) attention logits over the visual tokens}.
+    """Object token -> {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N),
+    "cell_boxes": (B, N, 4)}; boxes are normalised cx, cy, w, h.
 
-    forward(token (B, D), visual (B, N, D), visual_mask (B, N) bool, grid (h, w)).
-    ``reference_window``: side of the token window around the attention peak that the
-    reference point is computed over in eval mode (odd; 0 = the whole grid, as in training).
+    forward(token (B, D), visual (B, N, D), visual_mask (B, N) bool, grid (h, w), detail
+    (B, N, D) optional finer features per cell, added to the box regression's input).
+    ``ref_logits`` are the object token's attention logits over the visual tokens: which
+    token holds the referred object's centre. ``cell_boxes`` holds one box per visual token,
+    regressed from that token (conditioned on the object token) relative to its cell.
+    ``boxes`` is the answer: the cell boxes in the ``reference_window`` x ``reference_window``
+    tokens around the attention peak, weighted by the attention within that window (odd;
+    1 = the peak's own box; 0 = weighted over the whole grid).
     """
 
-    def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 3):
+    def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 1):
         super().__init__()
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
             raise ValueError(f"model.head.reference_window must be 0 or odd, got {reference_window}")
@@ -66,27 +75,43 @@ class TokenBranch(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
+        self.condition = nn.Linear(dim, dim)
         self.class_head = nn.Linear(dim, 2)
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
+        # Every cell starts by proposing a box centred on itself, of a typical object size.
+        last = self.box_head.layers[-1]
+        nn.init.zeros_(last.weight)
+        with torch.no_grad():
+            last.bias.copy_(torch.tensor([0.0, 0.0, INITIAL_SIZE_LOGIT, INITIAL_SIZE_LOGIT]))
 
     def forward(
-        self, token: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor, grid: tuple[int, int]
+        self,
+        token: torch.Tensor,
+        visual: torch.Tensor,
+        visual_mask: torch.Tensor,
+        grid: tuple[int, int],
+        detail: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         logits = torch.einsum("bd,bnd->bn", self.query(token), self.key(visual)) * self.scale
         logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
-        centres = grid_centres(grid, token.device)
-        if self.reference_window and not self.training:
-            reference = local_soft_argmax(logits, grid, self.reference_window) @ centres
+        cells = visual + self.condition(token)[:, None]
+        if detail is not None:
+            cells = cells + detail
+        delta = self.box_head(cells).float()  # (B, N, 4)
+        h, w = grid
+        cell_size = delta.new_tensor([1.0 / w, 1.0 / h])
+        centres = grid_centres(grid, token.device) + delta[..., :2] * cell_size
+        cell_boxes = torch.cat([centres, delta[..., 2:].sigmoid()], dim=-1)
+        if self.reference_window:
+            weights = local_soft_argmax(logits, grid, self.reference_window)
         else:
-            reference = attention @ centres  # (B, 2) normalised x, y
+            weights = attention
+        boxes = torch.einsum("bn,bnc->bc", weights, cell_boxes)
         pooled = torch.einsum("bn,bnd->bd", attention.to(visual.dtype), self.value(visual))
         x = self.proj(token) + pooled
-        delta = self.box_head(x).float()
-        centre = (inverse_sigmoid(reference) + delta[:, :2]).sigmoid()
-        boxes = torch.cat([centre, delta[:, 2:].sigmoid()], dim=-1)
-        return {"logits": self.class_head(x), "boxes": boxes, "ref_logits": logits}
+        return {"logits": self.class_head(x), "boxes": boxes, "ref_logits": logits, "cell_boxes": cell_boxes}
 
 
 class MultiBranchTokenHead(nn.Module):
@@ -103,7 +128,7 @@ class MultiBranchTokenHead(nn.Module):
         num_branches: int,
         box_mlp_layers: int = 3,
         deploy_branch: int | None = None,
-        reference_window: int = 3,
+        reference_window: int = 1,
     ):
         super().__init__()
         from distill.one import ONE
@@ -114,13 +139,18 @@ class MultiBranchTokenHead(nn.Module):
         self.deploy_branch = deploy_branch
 
     def forward(
-        self, token: torch.Tensor, visual: torch.Tensor, visual_mask: torch.Tensor, grid: tuple[int, int]
+        self,
+        token: torch.Tensor,
+        visual: torch.Tensor,
+        visual_mask: torch.Tensor,
+        grid: tuple[int, int],
+        detail: torch.Tensor | None = None,
     ) -> dict:
         from distill.one import gated_ensemble
 
         if not self.training and self.deploy_branch is not None:
-            out = self.one.branches[self.deploy_branch](token, visual, visual_mask, grid)
+            out = self.one.branches[self.deploy_branch](token, visual, visual_mask, grid, detail)
             return {**out, "branches": [out], "gate": None}
-        outputs = [branch(token, visual, visual_mask, grid) for branch in self.one.branches]
+        outputs = [branch(token, visual, visual_mask, grid, detail) for branch in self.one.branches]
         gate = self.one.gate_weights(token)
         return {**gated_ensemble(gate, outputs), "branches": outputs, "gate": gate}

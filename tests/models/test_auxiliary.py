@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from simvg.config import Config, LossConfig, ModelConfig
+from simvg.engine.tasks import build_auxiliary_losses
+from simvg.models import build_model
+from simvg.models.category import CategoryLoss
+from simvg.models.word_alignment import WordAlignmentLoss
+from tests.models.test_model import TINY_HEAD, tiny_config
+
+CLS, SEP, PAD = 101, 102, 0
+
+
+def test_loss_is_the_mean_cross_entropy_of_the_phrase_words_without_special_tokens():
+    torch.manual_seed(0)
+    vocab, width = 200, 8
+    words = torch.randn(vocab, width, requires_grad=True)
+    loss_fn = WordAlignmentLoss(width, special_ids=[CLS, SEP, PAD])
+    content = torch.randn(2, 4, width)
+    cells = torch.tensor([3, 1])
+    input_ids = torch.tensor([[CLS, 150, 160, SEP, PAD], [CLS, 170, SEP, PAD, PAD]])
+    text_mask = input_ids != PAD
+    loss = loss_fn(content, cells, input_ids, text_mask, words)
+    log_probs = torch.log_softmax(loss_fn.proj(content[[0, 1], cells]) @ words.T, dim=-1)
+    expected = (-(log_probs[0, 150] + log_probs[0, 160]) / 2 - log_probs[1, 170]) / 2
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    loss.backward()
+    assert words.grad is None  # the words stay put; the visual side moves towards them
+
+
+def test_a_token_that_looks_like_its_words_scores_better_than_one_that_does_not():
+    width = 16
+    words = torch.eye(width)  # 16 orthogonal "words"
+    loss_fn = WordAlignmentLoss(width, special_ids=[0])
+    with torch.no_grad():
+        loss_fn.proj.weight.copy_(torch.eye(width) * 10)
+        loss_fn.proj.bias.zero_()
+    input_ids, text_mask = torch.tensor([[3]]), torch.tensor([[True]])
+    cells = torch.tensor([0])
+    aligned = loss_fn(words[3][None, None], cells, input_ids, text_mask, words)
+    other = loss_fn(words[5][None, None], cells, input_ids, text_mask, words)
+    assert float(aligned.detach()) < 0.01 < math.log(width) < float(other.detach())
+
+
+def test_category_loss_ignores_records_without_a_known_category():
+    torch.manual_seed(0)
+    loss_fn = CategoryLoss(8, ["large red circle", "small blue star"])
+    content, cells = torch.randn(3, 4, 8), torch.tensor([0, 2, 3])
+    logits = loss_fn.classifier(content[[0, 1, 2], cells])
+    both = loss_fn(content, cells, ["small blue star", None, "large red circle"])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([1, 0]))
+    assert float(both.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    # A category never seen in training counts as unknown; a batch of unknowns gives 0.
+    assert float(loss_fn(content, cells, ["tiny green cube", None, None]).detach()) == 0.0
+
+
+def test_auxiliary_losses_are_built_as_configured_with_clear_errors(synthref_root):
+    from simvg.data.readers import load_records
+    from simvg.models.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    records = load_records(synthref_root, "synthref", "train")
+    assert all(isinstance(r.category, str) for r in records)  # SynthRef names "size colour shape"
+    config = Config(model=tiny_config("vilt"), loss=LossConfig(word_alignment=1.0))
+    with pytest.raises(ValueError, match="loss.word_alignment"):
+        build_auxiliary_losses(build_model(config.model, len(tokenizer)), config, tokenizer, records)
+    config.model = ModelConfig(image_size=64, encoder=tiny_config("hybrid").encoder, head=TINY_HEAD)
+    hybrid = build_model(config.model, len(tokenizer))
+    auxiliary = build_auxiliary_losses(hybrid, config, tokenizer, records)
+    assert isinstance(auxiliary.word_alignment, WordAlignmentLoss) and auxiliary.category is None
+    config.loss = LossConfig(category=2.0)
+    auxiliary = build_auxiliary_losses(hybrid, config, tokenizer, records)
+    assert auxiliary.word_alignment is None and auxiliary.weight_dict["loss_category"] == 2.0
+    assert set(auxiliary.category.index) == {r.category for r in records}
+    for record in records:
+        record.extra.pop("category", None)
+    with pytest.raises(ValueError, match="loss.category"):
+        build_auxiliary_losses(hybrid, config, tokenizer, records)
+    config.loss = LossConfig()
+    assert build_auxiliary_losses(hybrid, config, tokenizer, records) is None
