@@ -32,7 +32,7 @@ lint: install-test
 
 # Rebuild the shipped default model (simvg/weights/synthref-student) from nothing: SynthRef,
 # the teacher, the distilled student (the study's most accurate variant, `teacher_stem`),
-# float16 export of its deployed branch. About 25 minutes on 2 CPU cores.
+# float16 export of its deployed branch. About 30 minutes on 2 CPU cores.
 DATA ?= data
 default-model: install
 	simvg synth --out $(DATA) --name synthref --train 10000 --val 1000 --testA 1000 --testB 1000 --seed 0 --image-size 256

@@ -5,7 +5,8 @@ branches, and TAKFL versus the averaged-teacher baseline — trained, evaluated 
         [--teachers-ab runs/teacher_attrloc/best runs/teacher_relcmp/best] [--only full,scratch]
 
 Every variant is `simvg distill configs/distill_synthref.yaml --set ...` with the same steps and
-seed; a finished variant is not retrained (delete its folder to redo it). Writes
+seed; a finished variant is not retrained (delete its folder to redo it) and a model's
+evaluation is kept next to it until its weights change. Writes
 bench/results/distill_study.{json,md} and bench/results/distill_pareto.png: Acc@0.5 (token
 branch) on SynthRef val, parameters, and batch-1 CPU throughput measured side by side.
 """
@@ -71,12 +72,22 @@ def distill(name: str, overrides: list[str], teachers: list[str], args: argparse
 
 
 def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token") -> dict:
+    """`simvg eval` metrics, cached next to the checkpoint (RUN/study_eval_SPLIT_BRANCH.json)
+    until its weights change, so that an interrupted or extended study evaluates each model once."""
+    cache = checkpoint.parent / f"study_eval_{split}_{branch}.json"
+    weights = checkpoint / "model.safetensors"
+    if cache.is_file() and cache.stat().st_mtime > weights.stat().st_mtime:
+        cached = json.loads(cache.read_text())
+        if cached["data_root"] == str(data_root):
+            return cached["metrics"]
     out = subprocess.run(
         [sys.executable, "-m", "simvg", "eval", str(checkpoint), "--data-root", str(data_root), "--dataset",
          "synthref", "--split", split, "--branch", branch, "--json"],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    return json.loads(out.stdout)["metrics"][branch]
+    metrics = json.loads(out.stdout)["metrics"][branch]
+    cache.write_text(json.dumps({"data_root": str(data_root), "metrics": metrics}))
+    return metrics
 
 
 def throughput(checkpoints: dict[str, Path], seconds: float) -> dict[str, dict]:
