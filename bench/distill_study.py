@@ -26,7 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "distill_synthref.yaml"
-NO_DISTILL = ["distill.one=0", "distill.box_kd=0", "distill.attention_transfer=0", "distill.feature_mimic=0"]
+NO_DISTILL = ["distill.one=0", "distill.box_kd=0", "distill.attention_transfer=0", "distill.feature_mimic=0",
+              "distill.stem_hint_steps=0"]  # fmt: skip
 
 # name -> (what it is, --set overrides on the recipe)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -38,9 +39,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no_dwbd": ("box KD without DWBD confidence weights", ["distill.box_kd_confidence=false"]),
     "no_at": ("without attention transfer", ["distill.attention_transfer=0"]),
     "no_mimic": ("without token feature mimicking", ["distill.feature_mimic=0"]),
+    "no_hint": ("without the stem hint phase (cheap stem fitted to the teacher's first)", ["distill.stem_hint_steps=0"]),
     "teacher_stem": ("the recipe keeping the teacher's stem (plain convs, copied)", ["distill.stem_conv=Conv"]),
-    "fast": ("the recipe with one layer (teacher's 0) and a half-width stem",
-             ["distill.student_layers=[0]", "distill.stem_channels=[16, 32, 64, 128]"]),
+    "one_layer": ("teacher_stem with one encoder layer (the teacher's first)",
+                  ["distill.stem_conv=Conv", "distill.student_layers=[0]"]),
 }  # fmt: skip
 
 

@@ -207,6 +207,10 @@ class DistillConfig:
     student_layers: list[int] | None = None  # teacher layer indices the student keeps
     stem_conv: str = "DConv"
     stem_channels: list[int] | None = None  # None keeps the teacher's
+    # Batches on which a fresh (cheap) stem is first fitted to the teacher stem's stage
+    # outputs (FitNets hints, distill.hints), before distillation; 0 skips it.
+    stem_hint_steps: int = 0
+    stem_hint_lr: float = 2e-3
     embedding_rank: int | None = 64
     # Layers of the text-guided query generator the student keeps (the teacher's first
     # ones, same weights); None keeps them all.
@@ -230,6 +234,10 @@ class DistillConfig:
     merge: str = "takfl"  # "takfl" | "average" (averaged-teacher baseline)
     merge_lambdas: str = "candidates"  # "uniform" | "candidates" | "tuned"
     self_regularization: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.stem_hint_steps < 0:
+            raise ConfigError(f"distill.stem_hint_steps must be >= 0, got {self.stem_hint_steps}")
 
 
 @dataclass

@@ -154,7 +154,7 @@ class DistillationLoss(nn.Module):
             losses["loss_mimic"] = self.mimic(out["object_token"].float(), teacher_token)
         if self._start and d.self_regularization > 0:
             with torch.no_grad():
-                start = self._start[0](batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
+                start = self._start[0](batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask, all_cells=True)
             pulls = [box_terms(h, start["token"]["cell_boxes"]) for h in heads]
             losses["loss_self_l1"] = sum(p[0] for p in pulls)
             losses["loss_self_giou"] = sum(p[1] for p in pulls)

@@ -19,6 +19,7 @@ from distill.takfl import (
 )
 from simvg.config import Config
 from simvg.distillation.loss import DistillationLoss
+from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
 from simvg.distillation.student import build_student
 from simvg.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from simvg.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
@@ -46,10 +47,13 @@ def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path
     student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
                                               first["meta"]["vocab_size"], base)  # fmt: skip
     start_model = None
+    train_set, val_set = build_datasets(config, data_root, first["tokenizer"])
     if start is not None:  # TAKFL: every per-teacher student starts from the same weights
         student.load_state_dict(start)
         start_model = copy.deepcopy(student)
-    train_set, val_set = build_datasets(config, data_root, first["tokenizer"])
+    elif needs_stem_hints(config, first["config"]) and not (resume and (output / "last").exists()):
+        fit_student_stem(student, first["model"], train_set, config, context.device,
+                         first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
     auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
     module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model, auxiliary)
     extra = {"teachers": [t["path"] for t in teachers], "distilled": True}
@@ -78,6 +82,10 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
     first = teachers[0]
     student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
                                               first["meta"]["vocab_size"], base)  # fmt: skip
+    if needs_stem_hints(config, first["config"]):  # deterministic: a resumed run rebuilds the same start
+        train_set, _ = build_datasets(config, data_root, first["tokenizer"])
+        fit_student_stem(student, first["model"], train_set, config, context.device,
+                         first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
     start_state = {k: v.clone() for k, v in student.state_dict().items()}
     summaries = []
     for j, teacher in enumerate(teachers):

@@ -12,7 +12,7 @@ from simvg.config import ModelConfig
 from simvg.models.encoders import build_encoder
 from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
 from simvg.models.heads.position_encoding import sine_position_encoding
-from simvg.models.heads.token_branch import MultiBranchTokenHead
+from simvg.models.heads.token_branch import MultiBranchTokenHead, gather_cells
 
 
 def cell_detail(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -21,6 +21,25 @@ def cell_detail(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     h, w = grid
     features = F.pad(features, (0, 2 * w - features.shape[3], 0, 2 * h - features.shape[2]))
     return F.pixel_unshuffle(features, 2).flatten(2).transpose(1, 2)
+
+
+class ProjectedCellDetail:
+    """A :data:`~simvg.models.heads.token_branch.Detail`: ``project`` applied to
+    :func:`cell_detail` of ``features``, for every cell (computed once, shared by the ONE
+    branches) or for the cells asked for only (inference projects just the answer's cell)."""
+
+    def __init__(self, features: torch.Tensor, grid: tuple[int, int], project: nn.Module):
+        self.raw = cell_detail(features, grid)  # (B, N, 4C)
+        self.project = project
+        self._every_cell: torch.Tensor | None = None
+
+    def __call__(self, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """cells: (B, K) token indices, or None for every cell -> (B, K or N, D)."""
+        if cells is not None:
+            return self.project(gather_cells(self.raw, cells))
+        if self._every_cell is None:
+            self._every_cell = self.project(self.raw)
+        return self._every_cell
 
 
 @lru_cache(maxsize=16)
@@ -32,9 +51,9 @@ class SimVG(nn.Module):
     """The grounding model.
 
     forward(images (B, 3, S, S) uint8, pixel_mask (B, S, S) bool, input_ids (B, L),
-    text_mask (B, L) bool) returns a dict:
-      "token": {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)} (+ "branches",
-        "gate" with ONE heads),
+    text_mask (B, L) bool; use_decoder, all_cells optional) returns a dict:
+      "token": {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)} (+ "cell_boxes"
+        (B, N, 4) in training or with all_cells=True; + "branches", "gate" with ONE heads),
       "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
         branch runs,
       "object_token": (B, D) the fused token the token branch reads,
@@ -97,6 +116,7 @@ class SimVG(nn.Module):
         input_ids: torch.Tensor,
         text_mask: torch.Tensor,
         use_decoder: bool | None = None,
+        all_cells: bool | None = None,
     ) -> dict:
         encoded = self.encoder(images, pixel_mask, input_ids, text_mask)
         text = self.text_proj(encoded.text_tokens)
@@ -105,9 +125,9 @@ class SimVG(nn.Module):
         visual = self.visual_proj(encoded.visual_tokens)
         detail = None
         if self.detail_proj is not None:
-            detail = self.detail_proj(cell_detail(encoded.stem_features[-2], encoded.grid))
+            detail = ProjectedCellDetail(encoded.stem_features[-2], encoded.grid, self.detail_proj)
         out: dict = {
-            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail),
+            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells),
             "object_token": object_token,
             "grid": encoded.grid,
         }

@@ -148,3 +148,38 @@ def test_student_keeps_the_teachers_first_query_generator_layers():
     assert count_parameters(student.query_generator) < count_parameters(teacher.query_generator)
     with pytest.raises(ValueError, match="distill.query_layers 3"):
         build_student(teacher, teacher_config, backbone, 30522, load_config(DISTILL_TINY, ["distill.query_layers=3"]))
+
+
+def test_stem_hints_fit_the_cheap_stem_to_the_teachers_stem(tiny_run, synthref_root):
+    from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
+    from simvg.engine.tasks import build_datasets
+
+    teacher, tokenizer, teacher_config, meta = load_checkpoint(tiny_run / "last")
+    base = load_config(DISTILL_TINY, ["distill.stem_hint_steps=40", "distill.stem_hint_lr=5e-3"])
+    student, config, _ = build_student(teacher, teacher_config, meta["backbone_config"], meta["vocab_size"], base)
+    assert needs_stem_hints(config, teacher_config)
+    copied = load_config(DISTILL_TINY, ["distill.stem_hint_steps=40", "distill.stem_conv=Conv"])
+    assert not needs_stem_hints(build_student(teacher, teacher_config, meta["backbone_config"], meta["vocab_size"],
+                                              copied)[1], teacher_config)  # fmt: skip
+    train_set, _ = build_datasets(config, synthref_root, tokenizer)
+    layers_before = {k: v.clone() for k, v in student.encoder.layers.state_dict().items()}
+    losses = fit_student_stem(student, teacher, train_set, config, torch.device("cpu"), tokenizer.pad_token_id, log=False)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.8 * losses[0]
+    # Only the stem moved.
+    assert all(torch.equal(v, student.encoder.layers.state_dict()[k]) for k, v in layers_before.items())
+
+    narrow = load_config(DISTILL_TINY, ["distill.stem_hint_steps=2", "distill.stem_channels=[4, 8, 8, 16]"])
+    student, config, _ = build_student(teacher, teacher_config, meta["backbone_config"], meta["vocab_size"], narrow)
+    with pytest.raises(ValueError, match="teacher's stem widths"):
+        fit_student_stem(student, teacher, train_set, config, torch.device("cpu"), tokenizer.pad_token_id)
+
+
+def test_distillation_with_stem_hints_resumes_exactly(tiny_run, synthref_root, tmp_path):
+    hint = ["--set", "distill.stem_hint_steps=3"]
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight", *hint) == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--stop-after", "4", *hint) == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--resume", *hint) == 0
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -209,9 +209,13 @@ def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_object
     token, visual, mask = torch.randn(2, 16), torch.randn(2, 64, 16), torch.ones(2, 64, dtype=torch.bool)
     branch = TokenBranch(16, reference_window=1).eval()
     torch.nn.init.normal_(branch.box_head.layers[-1].weight)  # cells propose different boxes
-    out = branch(token, visual, mask, grid)
+    out = branch(token, visual, mask, grid, all_cells=True)
     peak = out["ref_logits"].argmax(-1)
     assert torch.equal(out["boxes"], out["cell_boxes"][torch.arange(2), peak])
+    # By default inference regresses the peak cell only: the same answer, no per-cell boxes.
+    fast = branch(token, visual, mask, grid)
+    assert "cell_boxes" not in fast and torch.allclose(fast["boxes"], out["boxes"], atol=1e-6)
+    assert torch.allclose(fast["logits"], out["logits"], atol=1e-6)
     # Each cell's box is placed relative to that cell.
     assert out["cell_boxes"].shape == (2, 64, 4)
     offsets = (out["cell_boxes"][..., :2] - grid_centres(grid)) * 8
@@ -224,3 +228,21 @@ def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_object
     assert torch.allclose(windowed(token, visual, mask, grid)["boxes"], expected, atol=1e-6)
     with pytest.raises(ValueError, match="reference_window"):
         TokenBranch(16, reference_window=2)
+
+
+def test_inference_regresses_only_the_answers_cell_with_the_same_result():
+    config = tiny_config("hybrid")
+    config.head.token_branches = 2
+    config.head.deploy_branch = None  # the gated ensemble of both branches
+    model = build_model(config, vocab_size=30522).eval()
+    for branch in model.token_head.one.branches:  # cells propose different boxes
+        torch.nn.init.normal_(branch.box_head.layers[-1].weight)
+    calls = []
+    model.detail_proj.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
+    full = model(*inputs(), all_cells=True)["token"]
+    fast = model(*inputs())["token"]
+    assert calls == [16, 1, 1]  # every cell once (shared by both branches), then each answer's cell only
+    assert full["cell_boxes"].shape == (2, 16, 4) and "cell_boxes" not in fast
+    assert torch.allclose(fast["boxes"], full["boxes"], atol=1e-5)
+    assert torch.allclose(fast["logits"], full["logits"], atol=1e-5)
+    assert "cell_boxes" in model.train()(*inputs())["token"]
