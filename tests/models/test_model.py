@@ -246,3 +246,23 @@ def test_inference_regresses_only_the_answers_cell_with_the_same_result():
     assert torch.allclose(fast["boxes"], full["boxes"], atol=1e-5)
     assert torch.allclose(fast["logits"], full["logits"], atol=1e-5)
     assert "cell_boxes" in model.train()(*inputs())["token"]
+
+
+@pytest.mark.parametrize("num_queries", [1, 3])
+def test_query_generator_is_the_torch_transformer_decoder_it_holds(num_queries):
+    from simvg.models.heads.query_generation import TextGuidedQueryGenerator, masked_max_pool
+
+    torch.manual_seed(0)
+    generator = TextGuidedQueryGenerator(16, num_queries, num_layers=2, num_heads=4, ffn_dim=32, dropout=0.0)
+    text = torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    queries = generator.query_embed.weight[None].expand(2, -1, -1)
+    for mode in (True, False):
+        generator.train(mode)
+        reference = generator.decoder(queries, text, memory_key_padding_mask=~mask)
+        expected = reference + masked_max_pool(text, mask)[:, None] + queries
+        assert torch.allclose(generator(text, mask), expected, atol=1e-5)
+    # Padding is ignored: changing the padded text tokens changes nothing but the max-pool input.
+    changed = text.clone()
+    changed[1, 3:] = 100.0
+    assert torch.allclose(generator(changed, mask)[1], generator(text, mask)[1], atol=1e-5)
