@@ -3,6 +3,7 @@
 - cheap_conv:  Moonshine's cheap convolution blocks and in-place conversion of a model
 - wide_resnet: the CIFAR WideResNet of the Moonshine paper
 - losses:      KD, attention transfer, box distillation, learned feature mimicking
+- hints:       FitNets hint training: fit a student module's features to a teacher's first
 - one:         ONE, the on-the-fly native ensemble (gated branches + loss)
 - takfl:       TAKFL task arithmetic: task vectors, merging and choosing λ
 - hooks:       FeatureRecorder, forward hooks on named submodules
@@ -14,6 +15,7 @@ from distill.cheap_conv import (
     convert_convs,
     count_parameters,
 )
+from distill.hints import fit_hints, hint_loss
 from distill.hooks import FeatureRecorder, get_module
 from distill.losses import (
     FeatureMimic,
@@ -46,8 +48,10 @@ __all__ = [
     "build_cheap_conv",
     "convert_convs",
     "count_parameters",
+    "fit_hints",
     "gated_ensemble",
     "get_module",
+    "hint_loss",
     "kd_loss",
     "merge_task_vectors",
     "one_loss",

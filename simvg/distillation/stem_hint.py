@@ -51,6 +51,8 @@ def fit_student_stem(
             f"distill.stem_hint_steps needs the teacher's stem widths: student {student_stem.channels}, "
             f"teacher {teacher_stem.channels} (leave distill.stem_channels unset)"
         )
+    student_stem.to(device)
+    teacher_stem.to(device)
     sampler = StepSampler(len(train_set), config.train.batch_size, d.stem_hint_steps, seed=config.train.seed + 1)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.data.num_workers,
                         collate_fn=Collator(pad_token_id), generator=torch.Generator())  # fmt: skip

@@ -64,8 +64,8 @@ def local_soft_argmax(logits: torch.Tensor, grid: tuple[int, int], window: int) 
 
 
 class TokenBranch(nn.Module):
-    """Object token -> {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N),
-    "cell_boxes": (B, N, 4)}; boxes are normalised cx, cy, w, h.
+    """Object token -> {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)
+    [, "cell_boxes": (B, N, 4)]}; boxes are normalised cx, cy, w, h.
 
     forward(token (B, D), visual (B, N, D), visual_mask (B, N) bool, grid (h, w), detail
     optional finer features per cell added to the box regression's input (a :data:`Detail`),
