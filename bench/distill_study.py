@@ -92,7 +92,7 @@ def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token
     return metrics
 
 
-def throughput(checkpoints: dict[str, Path], seconds: float) -> dict[str, dict]:
+def throughput(checkpoints: dict[str, Path], seconds: float, rounds: int) -> dict[str, dict]:
     """Batch-1 token-branch images/s and parameter counts of the deployed models (a ONE
     student with a deploy branch keeps only that branch), models timed alternately."""
     from simvg.benchmark import synthetic_inputs, time_call
@@ -103,13 +103,13 @@ def throughput(checkpoints: dict[str, Path], seconds: float) -> dict[str, dict]:
         grounder.model.keep_deployed_branch()
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for _ in range(3):  # interleave rounds so that drifting machine load hits every model alike
+        for _ in range(rounds):  # interleave rounds so that drifting machine load hits every model alike
             for name, grounder in models.items():
                 inputs = synthetic_inputs(grounder.config, 1)
                 grounder.model.eval()
                 times[name].append(time_call(lambda g=grounder, x=inputs: g.model(*x, use_decoder=False), seconds))
     return {
-        name: {"images_per_s": 1.0 / sorted(t)[1], "ms_per_image": 1000 * sorted(t)[1],
+        name: {"images_per_s": 1.0 / sorted(t)[len(t) // 2], "ms_per_image": 1000 * sorted(t)[len(t) // 2],
                "parameters": sum(p.numel() for p in models[name].model.parameters())}
         for name, t in times.items()
     }  # fmt: skip
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's train.max_steps")
     parser.add_argument("--takfl-steps", type=int, default=400, help="steps of each several-teacher student")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per model per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median taken)")
     parser.add_argument("--reuse-evals", type=Path, help="a previous distill_study.json: reuse its accuracies for "
                         "checkpoints whose weights are older than it (timing is always re-measured)")  # fmt: skip
     parser.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation and timing")
@@ -205,7 +206,7 @@ def main() -> None:
             if weights.is_file() and weights.stat().st_mtime < written:
                 previous[row["checkpoint"]] = row
     rows = []
-    speed = throughput(checkpoints, args.seconds)
+    speed = throughput(checkpoints, args.seconds, args.rounds)
     for name, path in checkpoints.items():
         row = {"name": name, "what": what[name], "checkpoint": str(path), **speed[name]}
         for split in ("val", "testA", "testB"):

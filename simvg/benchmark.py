@@ -44,8 +44,12 @@ def benchmark_inference(
     batch_sizes: Sequence[int] = (1, 32),
     seconds: float = 5.0,
     threads: int | None = None,
+    rounds: int = 5,
 ) -> list[dict]:
-    """Rows {batch, mode, ms_per_batch, images_per_s} for mode in encoder / token / decoder."""
+    """Rows {batch, mode, ms_per_batch, images_per_s} for mode in encoder / token / decoder.
+
+    Each mode is timed in ``rounds`` alternating rounds of ``seconds / rounds`` (median of the
+    rounds), so that drifting machine load hits every mode alike: the ratios are what count."""
     if threads is not None:
         torch.set_num_threads(threads)
     model.eval()
@@ -58,8 +62,12 @@ def benchmark_inference(
         }
         if getattr(model, "decoder_branch", None) is not None:
             modes["decoder"] = lambda inputs=inputs: model(*inputs, use_decoder=True)
-        for mode, fn in modes.items():
-            seconds_per_call = time_call(fn, seconds)
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(rounds):
+            for mode, fn in modes.items():
+                times[mode].append(time_call(fn, seconds / rounds))
+        for mode, measured in times.items():
+            seconds_per_call = sorted(measured)[len(measured) // 2]
             rows.append({"batch": batch, "mode": mode, "ms_per_batch": 1000 * seconds_per_call,
                          "images_per_s": batch / seconds_per_call})  # fmt: skip
     return rows
