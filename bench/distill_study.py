@@ -46,6 +46,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 
 
+ABLATIONS = ("no_one", "no_box_kd", "no_dwbd", "no_at", "no_mimic")
+
+
 def run(cmd: list[str], log: Path) -> None:
     print("$", " ".join(cmd), flush=True)
     with log.open("a") as f:
@@ -122,8 +125,15 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    # The one-loss ablations sit on top of each other: one grey cluster with one label.
+    ablations = [r for r in rows if r["name"] in ABLATIONS and r.get("images_per_s") is not None]
+    if ablations:
+        xs, ys = [r["images_per_s"] for r in ablations], [r["val_acc@0.5"] for r in ablations]
+        ax.scatter(xs, ys, marker=".", s=30, color="grey")
+        ax.annotate("one-loss ablations", (min(xs), min(ys)), textcoords="offset points", xytext=(0, -12),
+                    fontsize=8, color="grey")  # fmt: skip
     for row in rows:
-        if row.get("images_per_s") is None:
+        if row.get("images_per_s") is None or row in ablations:
             continue
         marker = "s" if row["name"] == "teacher" else ("x" if row["name"] == "scratch" else "o")
         ax.scatter(row["images_per_s"], row["val_acc@0.5"], marker=marker, s=40)
