@@ -72,6 +72,9 @@ class EncoderConfig:
     # Hybrid visual position embeddings (learned) start as a 2-D sine encoding ("sine"), so
     # visual tokens carry their position from the first step, or as small noise ("random").
     visual_pos_init: str = "sine"
+    # Hybrid: a learned attention bias per head for each 2-D offset between visual tokens
+    # (simvg/models/encoders/relative_position.py), shared by all layers.
+    relative_position_bias: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))

@@ -12,7 +12,8 @@ from simvg.config import TrainConfig
 
 # Encoder parts that start from scratch (the hybrid's visual side) train at the head's rate
 # times `stem_lr_mult`; the rest of the encoder is pretrained and trains at `encoder_lr_mult`.
-FRESH_ENCODER_PARTS = ("stem.", "visual_proj.", "content_norm.", "visual_pos", "object_token", "visual_norm.")
+FRESH_ENCODER_PARTS = ("stem.", "visual_proj.", "content_norm.", "visual_pos", "object_token", "visual_norm.",
+                       "relative_position_bias.")
 
 
 def parameter_group_name(name: str) -> str:

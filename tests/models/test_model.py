@@ -226,6 +226,18 @@ def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_object
     near = local_soft_argmax(out["ref_logits"], grid, 3)
     expected = torch.einsum("bn,bnc->bc", near, out["cell_boxes"])
     assert torch.allclose(windowed(token, visual, mask, grid)["boxes"], expected, atol=1e-6)
+    # Inference (eval, no autograd) folds the key into the object token's maps: same answer,
+    # also after a weight update, and with padded visual tokens.
+    mask[0, -8:] = False
+    for _ in range(2):
+        expected = branch(token, visual, mask, grid)
+        with torch.inference_mode():
+            folded = branch(token, visual, mask, grid)
+        for key in ("logits", "boxes", "ref_logits"):
+            assert torch.allclose(folded[key], expected[key], atol=1e-5), key
+        with torch.no_grad():
+            branch.key.weight.add_(0.5)
+            branch.condition.bias.add_(0.5)
     with pytest.raises(ValueError, match="reference_window"):
         TokenBranch(16, reference_window=2)
 
@@ -245,6 +257,9 @@ def test_inference_regresses_only_the_answers_cell_with_the_same_result():
     assert full["cell_boxes"].shape == (2, 16, 4) and "cell_boxes" not in fast
     assert torch.allclose(fast["boxes"], full["boxes"], atol=1e-5)
     assert torch.allclose(fast["logits"], full["logits"], atol=1e-5)
+    with torch.inference_mode():
+        folded = model(*inputs())["token"]
+    assert torch.allclose(folded["boxes"], full["boxes"], atol=1e-5)
     assert "cell_boxes" in model.train()(*inputs())["token"]
 
 
@@ -262,7 +277,58 @@ def test_query_generator_is_the_torch_transformer_decoder_it_holds(num_queries):
         reference = generator.decoder(queries, text, memory_key_padding_mask=~mask)
         expected = reference + masked_max_pool(text, mask)[:, None] + queries
         assert torch.allclose(generator(text, mask), expected, atol=1e-5)
+    # Inference (eval, no autograd) computes the weight-only parts once and folds the later
+    # layers' single-query self-attention; a weight update is picked up.
+    for _ in range(2):
+        expected = generator.decoder(queries, text, memory_key_padding_mask=~mask)
+        expected = expected + masked_max_pool(text, mask)[:, None] + queries
+        with torch.inference_mode():
+            assert torch.allclose(generator(text, mask), expected, atol=1e-5)
+        with torch.no_grad():
+            for param in generator.parameters():
+                param.mul_(1.1)
     # Padding is ignored: changing the padded text tokens changes nothing but the max-pool input.
     changed = text.clone()
     changed[1, 3:] = 100.0
     assert torch.allclose(generator(changed, mask)[1], generator(text, mask)[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_relative_position_bias_reads_each_offsets_entry_and_trains(attention):
+    plain = build_model(tiny_config("hybrid", attention=attention), vocab_size=30522).eval()
+    biased = build_model(tiny_config("hybrid", attention=attention, relative_position_bias=True), vocab_size=30522)
+    biased.eval()
+    missing = biased.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["encoder.relative_position_bias.table"]
+    table = biased.encoder.relative_position_bias.table
+    assert table.shape == (2, 7, 7)  # 2 heads, offsets -3..3 on a 4x4 grid
+    # ALiBi in 2-D: no penalty at offset 0, growing with distance, steeper for the first head.
+    assert (table[:, 3, 3] == 0).all() and (table[:, 3, 4] > table[:, 3, 6]).all() and table[0, 0, 0] < table[1, 0, 0]
+    with torch.no_grad():
+        table.zero_()
+    # A zero table computes what the model computed without it (padded text and image too).
+    assert torch.allclose(biased(*inputs())["token"]["boxes"], plain(*inputs())["token"]["boxes"], atol=1e-5)
+    biased.encoder(*inputs()).visual_tokens.square().sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0
+    # Each pair of visual tokens reads the entry of its offset; text and object pairs get none.
+    with torch.no_grad():
+        table.copy_(torch.arange(table.numel(), dtype=torch.float32).reshape(table.shape))
+    bias = biased.encoder.relative_position_bias((4, 4), num_leading=3)
+    assert bias.shape == (1, 2, 19, 19) and bias[:, :, :3].abs().sum() == 0 and bias[:, :, :, :3].abs().sum() == 0
+    query, key = 3 + 1 * 4 + 2, 3 + 3 * 4 + 0  # cell (1, 2) -> cell (3, 0): offset dy=+2, dx=-2
+    assert bias[0, 1, query, key] == table[1, 2 + 3, -2 + 3]
+    changed = biased.encoder(*inputs()).visual_tokens
+    assert not torch.allclose(changed, plain.encoder(*inputs()).visual_tokens, atol=1e-3)
+
+
+def test_layers_before_the_fusion_layer_keep_text_and_image_apart():
+    config = tiny_config("hybrid", fusion_layer=2)  # both tiny layers attend within their modality
+    model = build_model(config, vocab_size=30522).eval()
+    images, pixel_mask, input_ids, text_mask = inputs()
+    text = model.encoder(images, pixel_mask, input_ids, text_mask).text_tokens
+    other = model.encoder(255 - images, pixel_mask, input_ids, text_mask).text_tokens
+    assert torch.allclose(text, other, atol=1e-6)
+    fused = build_model(tiny_config("hybrid"), vocab_size=30522).eval()
+    fused.load_state_dict(model.state_dict())
+    changed = fused.encoder(255 - images, pixel_mask, input_ids, text_mask).text_tokens
+    assert not torch.allclose(fused.encoder(images, pixel_mask, input_ids, text_mask).text_tokens, changed)

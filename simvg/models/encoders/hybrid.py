@@ -16,6 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from simvg.config import EncoderConfig
 from simvg.models.conv_stem import ConvStem
 from simvg.models.encoders.base import EncoderOutput, normalize_images, token_grid_mask
+from simvg.models.encoders.relative_position import RelativePositionBias
 from simvg.models.heads.position_encoding import sine_position_encoding
 from simvg.models.pretrained import resolve_pretrained
 
@@ -86,6 +87,12 @@ def build_text_transformer(config: EncoderConfig, vocab_size: int, backbone_conf
     return BertModel(hf_config, add_pooling_layer=False)
 
 
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool keep mask (any shape, e.g. (B, 1, T, T)) -> float mask of that shape: 0 where kept,
+    the dtype's minimum elsewhere; what both the eager and the sdpa attention add to scores."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
 class HybridEncoder(nn.Module):
     def __init__(
         self,
@@ -124,6 +131,9 @@ class HybridEncoder(nn.Module):
         side = image_size // self.stem.stride
         self.grid = (side, side)
         self.visual_pos = nn.Parameter(torch.zeros(1, side * side, hidden))
+        self.relative_position_bias = (
+            RelativePositionBias(self.hf_config.num_attention_heads, self.grid) if config.relative_position_bias else None
+        )
         self.object_token = nn.Parameter(torch.zeros(1, 1, hidden))
         self.visual_norm = nn.LayerNorm(hidden, eps=self.hf_config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
@@ -177,17 +187,22 @@ class HybridEncoder(nn.Module):
         sequence = torch.cat([visual[:, :1], text, visual[:, 1:]], dim=1)
         ones = torch.ones(batch, 1, dtype=torch.bool, device=images.device)
         mask = torch.cat([ones, text_mask, visual_mask], dim=1)
+        length = input_ids.shape[1]
         attention_mask = create_bidirectional_mask(config=self.hf_config, inputs_embeds=sequence, attention_mask=mask)
+        position_bias = None
+        if self.relative_position_bias is not None:
+            position_bias = self.relative_position_bias(grid, 1 + length).to(sequence.dtype)
+            attention_mask = additive_mask(mask[:, None, None, :], sequence.dtype) + position_bias
         separate_mask = None
         if self.fusion_layer > 0:
-            length = input_ids.shape[1]
             is_text = torch.zeros(sequence.shape[1], dtype=torch.bool, device=images.device)
             is_text[1 : 1 + length] = True
             same_modality = is_text[:, None] == is_text[None, :]
-            separate_mask = (mask[:, None, None, :] & same_modality[None, None]).expand(batch, 1, -1, -1)
+            separate_mask = additive_mask(mask[:, None, None, :] & same_modality[None, None], sequence.dtype)
+            if position_bias is not None:
+                separate_mask = separate_mask + position_bias
         for index, layer in enumerate(self.layers):
             sequence = layer(sequence, separate_mask if index < self.fusion_layer else attention_mask)
-        length = input_ids.shape[1]
         return EncoderOutput(
             object_token=sequence[:, 0],
             visual_tokens=sequence[:, 1 + length :],

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from simvg.models.heads.derived_weights import DerivedWeights, inference_only
 from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
@@ -34,7 +37,14 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 def grid_centres(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-    """(h*w, 2) normalised (x, y) centres of a row-major token grid."""
+    """(h*w, 2) normalised (x, y) centres of a row-major token grid (a cached tensor: do not
+    modify it in place)."""
+    return _grid_centres(tuple(grid), torch.device("cpu") if device is None else torch.device(device))
+
+
+@lru_cache(maxsize=32)
+@torch.inference_mode(False)  # a cached tensor may later take part in training's autograd
+def _grid_centres(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
     h, w = grid
     ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
     xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
@@ -109,6 +119,10 @@ class TokenBranch(nn.Module):
         detail: Detail | None = None,
         all_cells: bool | None = None,
     ) -> dict[str, torch.Tensor]:
+        if all_cells is None:
+            all_cells = self.training or self.reference_window != 1
+        if not all_cells and inference_only(self):
+            return self._answer_cell_inference(token, visual, visual_mask, grid, detail)
         logits = torch.einsum("bd,bnd->bn", self.query(token), self.key(visual)) * self.scale
         logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
@@ -116,41 +130,82 @@ class TokenBranch(nn.Module):
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
         x = self.proj(token) + pooled
         out = {"logits": self.class_head(x), "ref_logits": logits}
-        if all_cells is None:
-            all_cells = self.training or self.reference_window != 1
+        condition = self.condition(token)
         if not all_cells:  # the answer is the peak cell's box: regress that one only
             peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            box = self._cell_boxes(token, gather_cells(visual, peak), grid, detail, peak)
+            box = self._cell_boxes(condition, gather_cells(visual, peak), grid, detail, peak)
             return out | {"boxes": box[:, 0]}
-        cell_boxes = self._cell_boxes(token, visual, grid, detail)
+        cell_boxes = self._cell_boxes(condition, visual, grid, detail)
         weights = local_soft_argmax(logits, grid, self.reference_window) if self.reference_window else attention
         boxes = torch.einsum("bn,bnc->bc", weights, cell_boxes)
         return out | {"boxes": boxes, "cell_boxes": cell_boxes}
 
-    def _cell_boxes(
+    def _fused_token_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (3D + 1, D) linear map of the object token giving proj(token), condition(token),
+        u and c, where the attention logits are visual . u + c: key(v) . query(t) =
+        v . (W_k^T query(t)) + b_k . query(t), so the keys of the N visual tokens are never
+        computed."""
+        w_q, b_q, w_k, b_k = self.query.weight, self.query.bias, self.key.weight, self.key.bias
+        weight = torch.cat([self.proj.weight, self.condition.weight, w_k.T @ w_q, (w_q.T @ b_k)[None]])
+        bias = torch.cat([self.proj.bias, self.condition.bias, w_k.T @ b_q, (b_k @ b_q)[None]])
+        return weight, bias
+
+    def _answer_cell_inference(
         self,
         token: torch.Tensor,
+        visual: torch.Tensor,
+        visual_mask: torch.Tensor,
+        grid: tuple[int, int],
+        detail: Detail | None,
+    ) -> dict[str, torch.Tensor]:
+        """forward() for inference with ``reference_window`` 1, in fewer kernels: the same
+        logits, score and box up to float rounding (tests compare both)."""
+        if not hasattr(self, "_derived"):
+            self._derived = DerivedWeights()
+        params = (self.proj.weight, self.proj.bias, self.condition.weight, self.condition.bias,
+                  self.query.weight, self.query.bias, self.key.weight, self.key.bias)  # fmt: skip
+        weight, bias = self._derived.get("token_maps", params, self._fused_token_maps)
+        dim = token.shape[-1]
+        projected, condition, u, c = F.linear(token, weight, bias).split([dim, dim, dim, 1], dim=-1)
+        logits = torch.baddbmm(c[:, :, None], visual, u[:, :, None], alpha=self.scale, beta=self.scale)[..., 0]
+        logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+        attention = logits.softmax(dim=-1)
+        pooled = self.value(torch.bmm(attention.to(visual.dtype)[:, None], visual)[:, 0])
+        out = {"logits": self.class_head(projected + pooled), "ref_logits": logits}
+        peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        box = self._cell_boxes(condition, gather_cells(visual, peak), grid, detail, peak)
+        return out | {"boxes": box[:, 0]}
+
+    def _cell_boxes(
+        self,
+        condition: torch.Tensor,
         visual: torch.Tensor,
         grid: tuple[int, int],
         detail: Detail | None,
         cells: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, K, 4) cxcywh boxes of the cells ``cells`` (B, K) token indices (None: every
-        cell, K = N), from their visual tokens ``visual`` (B, K, D)."""
-        features = visual + self.condition(token)[:, None]
+        cell, K = N), from their visual tokens ``visual`` (B, K, D) and ``condition`` (B, D),
+        the projected object token."""
+        features = visual + condition[:, None]
         if detail is not None:
             if callable(detail):
                 features = features + detail(cells)
             else:
                 features = features + (detail if cells is None else gather_cells(detail, cells))
         delta = self.box_head(features).float()
-        h, w = grid
-        cell_size = delta.new_tensor([1.0 / w, 1.0 / h])
-        centres = grid_centres(grid, token.device)
+        centres = grid_centres(grid, condition.device)
         if cells is not None:
             centres = centres[cells]
-        centres = centres + delta[..., :2] * cell_size
+        centres = centres + delta[..., :2] * _cell_size(tuple(grid), condition.device)
         return torch.cat([centres, delta[..., 2:].sigmoid()], dim=-1)
+
+
+@lru_cache(maxsize=32)
+@torch.inference_mode(False)
+def _cell_size(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(2,) a cell's (width, height) in units of the image side."""
+    return torch.tensor([1.0 / grid[1], 1.0 / grid[0]], device=device)
 
 
 class MultiBranchTokenHead(nn.Module):

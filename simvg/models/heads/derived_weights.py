@@ -1,0 +1,40 @@
+"""Weights derived from a module's parameters (products, concatenations, constant outputs),
+kept between inference calls and rebuilt whenever a parameter changes.
+
+At batch 1 the heads' cost is the number of small kernels, not their arithmetic; folding
+two linear maps into one, or computing once what depends on the weights alone, removes
+kernels without changing the result beyond float rounding. Only used without autograd
+(the derived tensors carry no gradient back to the parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def inference_only(module: torch.nn.Module) -> bool:
+    """True when ``module`` runs for inference: eval mode and no autograd."""
+    return not module.training and not torch.is_grad_enabled()
+
+
+class DerivedWeights:
+    """get(name, params, build): ``build()``'s value, recomputed when any of ``params`` was
+    updated in place (optimizer step, ``load_state_dict``) or moved (``.to``) since."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[tuple, object]] = {}
+
+    def get(self, name: str, params: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        hit = self._values.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]  # type: ignore[return-value]
+        with torch.no_grad():
+            value = build()
+        self._values[name] = (key, value)
+        return value
