@@ -10,12 +10,11 @@ Writes bench/results/batch1_breakdown.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from simvg.benchmark import synthetic_inputs, time_call
+from simvg.benchmark import save_table, synthetic_inputs, time_call
 from simvg.inference import Grounder
 from simvg.models.encoders.base import normalize_images
 
@@ -50,10 +49,7 @@ def main() -> None:
         r = breakdown(checkpoint, args.seconds)
         lines.append(f"| {checkpoint} | {r['stem']:.2f} | {r['layers_and_rest']:.2f} | {r['encoder']:.2f} | "
                      f"{r['head']:.2f} | {r['total']:.2f} |")  # fmt: skip
-    table = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f"{table}\n\nCommand: `python {' '.join(sys.argv)}`\n")
-    print(table)
+    save_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ NO_CATEGORY = ["loss.category=0"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "recipe": ("the recipe: cell boxes, detail features, token_ref 5, word alignment 20, category 20", []),
     "no_category": ("without category supervision", NO_CATEGORY),
+    "landmark_offset": ("with landmark offsets (weight 20) for relational phrases", ["loss.landmark_offset=20"]),
+    "landmark_offset_100": ("with landmark offsets (weight 100) for relational phrases", ["loss.landmark_offset=100"]),
     "relative_position_bias": ("with a 2-D relative position bias (ALiBi-initialised) in the encoder's attention",
                                ["model.encoder.relative_position_bias=true"]),
     "word_alignment_1": ("without category, word alignment weight 1 (not 20)",

@@ -5,7 +5,10 @@ type, and how long its training took.
         [--out bench/results/teacher.md]
 
 Where the val misses land: on another object of the scene (IoU >= 0.5 with it: the phrase was
-misread) or on no object (a box between candidates or badly placed: localisation).
+misread) or on no object (a box between candidates or badly placed: localisation). For the
+token branch's relational phrases, by relation: on another candidate (an object that fits the
+phrase's target words, e.g. another circle for "the circle closest to the red square"), on
+the landmark itself, or elsewhere.
 
 Training time: the run's wall-clock minutes (summed over resumed parts, from the training
 process's own summaries in ``--log``) and the steps, batch and median images/s of train_log.csv.
@@ -54,6 +57,44 @@ def where_predictions_land(predictions: Path, data_root: str, split: str) -> dic
     return counts
 
 
+def _xyxy(xywh: list[float]) -> list[float]:
+    return [xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3]]
+
+
+def relations_breakdown(predictions: Path, data_root: str, split: str) -> dict[str, Counter]:
+    """Token branch, relational phrases, per relation ("left", ..., "closest", "farthest"):
+    counts of "hit", "candidate" (another object fitting the target's words), "landmark",
+    "other object" and "no object", from SynthRef's programs and object lists."""
+    records = json.loads((Path(data_root) / "annotations" / "synthref" / "instances.json").read_text())[split]
+    by_ref = {r["ref_id"]: r for r in records}
+    fits = lambda desc, obj: all(v is None or obj[k] == v for k, v in desc.items())  # noqa: E731
+    counts: dict[str, Counter] = {}
+    for line in predictions.read_text().splitlines():
+        p = json.loads(line)
+        record = by_ref[p["ref_id"]]
+        program = record["programs"][record["expressions"].index(p["expression"])]
+        if p["branch"] != "token" or program["op"] != "relate":
+            continue
+        landmarks = [o for o in record["objects"] if fits(program["landmark"], o)]
+        candidates = [o for o in record["objects"] if fits(program["target"], o) and o not in landmarks[:1]]
+        counts.setdefault(program["arg"], Counter())["chance"] += 1 / max(1, len(candidates))
+        boxes = torch.tensor([_xyxy(o["bbox"]) for o in record["objects"]])
+        overlaps = box_iou(torch.tensor([p["pred_box"]]), boxes)[0]
+        best = int(overlaps.argmax())
+        if p["iou"] >= 0.5:
+            outcome = "hit"
+        elif overlaps[best] < 0.5:
+            outcome = "no object"
+        elif fits(program["landmark"], record["objects"][best]):
+            outcome = "landmark"
+        elif fits(program["target"], record["objects"][best]):
+            outcome = "candidate"
+        else:
+            outcome = "other object"
+        counts.setdefault(program["arg"], Counter())[outcome] += 1
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -80,6 +121,13 @@ def main() -> None:
         total = sum(counts.values())
         cells = " | ".join(f"{100 * counts[k] / total:.1f}%" for k in ("hit", "other object", "no object"))
         lines.append(f"| {branch} | {cells} |")
+    lines += ["", "Relational val phrases by relation (token branch): where the prediction lands:", "",
+              "| relation | expressions | referred object | random candidate (chance) | another candidate | the landmark "
+              "| other object | no object |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for relation, counts in sorted(relations_breakdown(scratch / "val.jsonl", args.data_root, "val").items()):
+        total = sum(v for k, v in counts.items() if k != "chance")
+        kinds = ("hit", "chance", "candidate", "landmark", "other object", "no object")
+        lines.append(f"| {relation} | {total} | " + " | ".join(f"{100 * counts[k] / total:.1f}%" for k in kinds) + " |")
     scratch_dir.cleanup()
     if args.run and (args.run / "train_log.csv").is_file():
         rows = list(csv.DictReader((args.run / "train_log.csv").open()))

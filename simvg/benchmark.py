@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -44,12 +46,15 @@ def benchmark_inference(
     batch_sizes: Sequence[int] = (1, 32),
     seconds: float = 5.0,
     threads: int | None = None,
-    rounds: int = 5,
+    min_calls: int = 5,
 ) -> list[dict]:
-    """Rows {batch, mode, ms_per_batch, images_per_s} for mode in encoder / token / decoder.
+    """Rows {batch, mode, ms_per_batch, ms_fastest, images_per_s} for mode in encoder / token /
+    decoder.
 
-    Each mode is timed in ``rounds`` alternating rounds of ``seconds / rounds`` (median of the
-    rounds), so that drifting machine load hits every mode alike: the ratios are what count."""
+    The modes take turns call by call for ``seconds`` per batch size (at least ``min_calls``
+    each, after a warm-up call), so that drifting machine load and cache state hit every mode
+    alike: the ratios are what count. ``ms_per_batch`` is the median call, ``ms_fastest`` the
+    fastest (the least disturbed by other load)."""
     if threads is not None:
         torch.set_num_threads(threads)
     model.eval()
@@ -62,21 +67,37 @@ def benchmark_inference(
         }
         if getattr(model, "decoder_branch", None) is not None:
             modes["decoder"] = lambda inputs=inputs: model(*inputs, use_decoder=True)
+        for fn in modes.values():
+            fn()
         times: dict[str, list[float]] = {mode: [] for mode in modes}
-        for _ in range(rounds):
+        start = time.perf_counter()
+        while len(times["encoder"]) < min_calls or time.perf_counter() - start < seconds:
             for mode, fn in modes.items():
-                times[mode].append(time_call(fn, seconds / rounds))
+                t = time.perf_counter()
+                fn()
+                times[mode].append(time.perf_counter() - t)
         for mode, measured in times.items():
-            seconds_per_call = sorted(measured)[len(measured) // 2]
-            rows.append({"batch": batch, "mode": mode, "ms_per_batch": 1000 * seconds_per_call,
-                         "images_per_s": batch / seconds_per_call})  # fmt: skip
+            median = sorted(measured)[len(measured) // 2]
+            rows.append({"batch": batch, "mode": mode, "ms_per_batch": 1000 * median, "ms_fastest": 1000 * min(measured),
+                         "images_per_s": batch / median})  # fmt: skip
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| batch | mode | ms / batch | images / s | vs encoder |", "|---|---|---|---|---|"]
-    encoder = {r["batch"]: r["ms_per_batch"] for r in rows if r["mode"] == "encoder"}
+    lines = ["| batch | mode | ms / batch (median) | images / s | vs encoder (median) | fastest ms | vs encoder (fastest) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    encoder = {r["batch"]: r for r in rows if r["mode"] == "encoder"}
     for r in rows:
-        ratio = r["ms_per_batch"] / encoder[r["batch"]] if r["batch"] in encoder else float("nan")
-        lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_per_batch']:.1f} | {r['images_per_s']:.1f} | {ratio:.3f}x |")
+        base = encoder.get(r["batch"])
+        ratio = r["ms_per_batch"] / base["ms_per_batch"] if base else float("nan")
+        fastest = r["ms_fastest"] / base["ms_fastest"] if base else float("nan")
+        lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_per_batch']:.1f} | {r['images_per_s']:.1f} | {ratio:.3f}x | "
+                     f"{r['ms_fastest']:.1f} | {fastest:.3f}x |")  # fmt: skip
     return "\n".join(lines)
+
+
+def save_table(table: str, out: Path) -> None:
+    """Print a benchmark's markdown table and write it to ``out`` with the command that made it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"{table}\n\nCommand: `python {' '.join(sys.argv)}`\n")
+    print(table)

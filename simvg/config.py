@@ -170,6 +170,9 @@ class LossConfig:
     # classifies the object's annotated category (simvg.models.category).
     word_alignment: float = 0.0
     category: float = 0.0
+    # Relational phrases: every fused visual token predicts the landmark's offset from its
+    # cell, where the annotations name the landmark (simvg.models.landmark; 0 = off).
+    landmark_offset: float = 0.0
 
 
 @dataclass

@@ -78,21 +78,30 @@ class Preprocessor:
         seed: int | None = None,
         warn_truncation: bool = False,
         meta: dict[str, Any] | None = None,
+        landmark_xyxy: Sequence[float] | None = None,
     ) -> Sample:
+        """``landmark_xyxy`` (optional, training): pixels of the object the phrase relates its
+        target to; its normalised (cx, cy) after the same geometry lands in ``meta["landmark"]``
+        (absent when augmentation crops it away)."""
         size = self.image_size
+        meta = dict(meta or {})
         resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
         target_xyxy = original_to_letterbox(tuple(box_xyxy), letterbox) if box_xyxy is not None else None
+        landmark = original_to_letterbox(tuple(landmark_xyxy), letterbox) if landmark_xyxy is not None else None
         augmented = None
         if self.augmentation is not None and target_xyxy is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
             h, w = resized.shape[:2]
-            clipped = [max(0.0, target_xyxy[0]), max(0.0, target_xyxy[1]), min(w, target_xyxy[2]), min(h, target_xyxy[3])]
-            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=[clipped], labels=[0])
-            if len(out["bboxes"]) == 1:
+            boxes = [_clip(target_xyxy, w, h)] + ([_clip(landmark, w, h)] if landmark is not None else [])
+            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=boxes,
+                                    labels=list(range(len(boxes))))  # fmt: skip
+            kept = {int(label): box for label, box in zip(out["labels"], out["bboxes"])}
+            if 0 in kept:
                 augmented = out
+                landmark = kept.get(1)
         if augmented is not None:
             pixels, mask = augmented["image"], augmented["mask"].astype(bool)
-            target_xyxy = [float(v) for v in augmented["bboxes"][0]]
+            target_xyxy = [float(v) for v in kept[0]]
             if any(name == "HorizontalFlip" for name, _ in augmented["applied_transforms"]):
                 phrase = swap_left_right(phrase)
         else:
@@ -101,6 +110,8 @@ class Preprocessor:
         if target_xyxy is not None:
             x0, y0, x1, y1 = target_xyxy
             target = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / size
+        if landmark is not None:
+            meta["landmark"] = ((landmark[0] + landmark[2]) / (2 * size), (landmark[1] + landmark[3]) / (2 * size))
         return Sample(
             image=torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             pixel_mask=torch.from_numpy(mask),
@@ -108,8 +119,12 @@ class Preprocessor:
             target=target,
             letterbox=letterbox,
             phrase=phrase,
-            meta=meta or {},
+            meta=meta,
         )
+
+
+def _clip(box: Sequence[float], width: int, height: int) -> list[float]:
+    return [max(0.0, box[0]), max(0.0, box[1]), min(width, box[2]), min(height, box[3])]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -179,6 +194,7 @@ class GroundingDataset(Dataset):
             record.box_xyxy,
             seed=seed if self.train else None,
             meta=meta,
+            landmark_xyxy=record.landmark_box(expression_index) if self.train else None,
         )
 
 

@@ -44,6 +44,20 @@ class GroundingRecord:
         category_id = self.extra.get("category_id")
         return category_id if category_id is not None else self.extra.get("category")
 
+    def landmark_box(self, expression_index: int) -> tuple[float, float, float, float] | None:
+        """(x0, y0, x1, y1) pixels of the object expression ``expression_index`` relates its
+        target to ("the circle left of *the red square*"), where the annotations say: SynthRef's
+        ``programs`` (its landmark description) and ``objects``; None otherwise, or when the
+        description does not match exactly one object."""
+        programs, objects = self.extra.get("programs"), self.extra.get("objects")
+        if not programs or not objects or expression_index >= len(programs):
+            return None
+        landmark = (programs[expression_index] or {}).get("landmark")
+        if not landmark:
+            return None
+        matches = [o for o in objects if all(v is None or o.get(k) == v for k, v in landmark.items())]
+        return xywh_to_xyxy(matches[0]["bbox"]) if len(matches) == 1 else None
+
 
 def xywh_to_xyxy(box: list[float] | tuple[float, ...]) -> tuple[float, float, float, float]:
     """COCO (x, y, w, h) pixels -> (x0, y0, x1, y1) pixels."""

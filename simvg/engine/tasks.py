@@ -17,6 +17,7 @@ from simvg.engine.train import TrainingTask
 from simvg.models import GroundingCriterion, build_model
 from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.category import CategoryLoss
+from simvg.models.landmark import LandmarkOffsetLoss
 from simvg.models.pretrained import MINILM_ALIAS, load_tokenizer
 from simvg.models.word_alignment import WordAlignmentLoss
 
@@ -62,13 +63,14 @@ class GroundingLoss(nn.Module):
 def build_auxiliary_losses(
     model: nn.Module, config: Config, tokenizer, train_records: list[GroundingRecord]
 ) -> AuxiliaryLosses | None:
-    """The auxiliary heads that ``loss.word_alignment`` and ``loss.category`` ask for (None if
-    neither): they need an encoder with its own visual stem (hybrid), and category supervision
-    needs training records that name their object's category."""
+    """The auxiliary heads that ``loss.word_alignment``, ``loss.category`` and
+    ``loss.landmark_offset`` ask for (None if none): the first two need an encoder with its own
+    visual stem (hybrid); category and landmark supervision need training records that name
+    their object's category / their phrases' landmarks."""
     loss = config.loss
-    if loss.word_alignment <= 0 and loss.category <= 0:
+    if loss.word_alignment <= 0 and loss.category <= 0 and loss.landmark_offset <= 0:
         return None
-    if not hasattr(model.encoder, "word_embedding_matrix"):
+    if (loss.word_alignment > 0 or loss.category > 0) and not hasattr(model.encoder, "word_embedding_matrix"):
         raise ValueError(
             f"loss.word_alignment and loss.category need an encoder with its own visual stem (hybrid), "
             f"not '{config.model.encoder.type}'; set them to 0"
@@ -84,8 +86,18 @@ def build_auxiliary_losses(
                 f"'{config.data.train_split}' record of dataset '{config.data.dataset}' has one; set loss.category=0"
             )
         category = CategoryLoss(width, categories)
-    weights = {"loss_word_alignment": loss.word_alignment, "loss_category": loss.category}
-    return AuxiliaryLosses(word_alignment, category, weights)
+    landmark = None
+    if loss.landmark_offset > 0:
+        if not any(r.landmark_box(i) is not None for r in train_records for i in range(len(r.expressions))):
+            raise ValueError(
+                f"loss.landmark_offset needs phrases whose annotations name a landmark (SynthRef programs), but "
+                f"no '{config.data.train_split}' record of dataset '{config.data.dataset}' has one; "
+                f"set loss.landmark_offset=0"
+            )
+        landmark = LandmarkOffsetLoss(width)
+    weights = {"loss_word_alignment": loss.word_alignment, "loss_category": loss.category,
+               "loss_landmark_offset": loss.landmark_offset}  # fmt: skip
+    return AuxiliaryLosses(word_alignment, category, weights, landmark)
 
 
 def filter_expression_types(records: list[GroundingRecord], types: list[str]) -> list[GroundingRecord]:

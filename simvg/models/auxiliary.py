@@ -1,8 +1,9 @@
-"""Auxiliary losses on the referred object's visual token before fusion: word alignment and
-category supervision, training aids for a visual stem that starts from scratch.
+"""Auxiliary losses: word alignment and category supervision on the referred object's visual
+token before fusion (training aids for a visual stem that starts from scratch), and landmark
+offsets on the fused visual tokens (for relational phrases).
 
-They live in the training module next to the model (their heads are not saved with it) and
-read the model's ``visual_content`` output, which only the hybrid encoder gives.
+They live in the training module next to the model (their heads are not saved with it).
+The first two read the model's ``visual_content`` output, which only the hybrid encoder gives.
 """
 
 from __future__ import annotations
@@ -13,28 +14,38 @@ from torch import nn
 from simvg.data.dataset import Batch
 from simvg.models.category import CategoryLoss
 from simvg.models.criterion import centre_cells
+from simvg.models.landmark import LandmarkOffsetLoss
 from simvg.models.word_alignment import WordAlignmentLoss
 
 
 class AuxiliaryLosses(nn.Module):
-    """forward(model, outputs, batch) -> {"loss_word_alignment", "loss_category"} (those
-    configured), unweighted; ``weight_dict`` holds their weights."""
+    """forward(model, outputs, batch) -> {"loss_word_alignment", "loss_category",
+    "loss_landmark_offset"} (those configured), unweighted; ``weight_dict`` holds their weights."""
 
     def __init__(
         self,
         word_alignment: WordAlignmentLoss | None,
         category: CategoryLoss | None,
         weight_dict: dict[str, float],
+        landmark: LandmarkOffsetLoss | None = None,
     ):
         super().__init__()
         self.word_alignment = word_alignment
         self.category = category
+        self.landmark = landmark
         self.weight_dict = weight_dict
 
     def forward(self, model: nn.Module, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
+        losses = {}
+        if self.landmark is not None:
+            landmarks = [m.get("landmark") for m in batch.meta]
+            losses["loss_landmark_offset"] = self.landmark(
+                outputs["visual_tokens"], outputs["visual_mask"], outputs["grid"], landmarks
+            )
+        if self.word_alignment is None and self.category is None:
+            return losses
         content = outputs["visual_content"]
         cells = centre_cells(batch.targets, outputs["grid"])
-        losses = {}
         if self.word_alignment is not None:
             words = model.encoder.word_embedding_matrix()
             losses["loss_word_alignment"] = self.word_alignment(content, cells, batch.input_ids, batch.text_mask, words)

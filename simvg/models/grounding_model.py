@@ -57,6 +57,7 @@ class SimVG(nn.Module):
       "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
         branch runs,
       "object_token": (B, D) the fused token the token branch reads,
+      "visual_tokens": (B, N, W) the encoder's fused visual tokens, "visual_mask": (B, N) bool,
       "visual_content": (B, N, W) the visual tokens before fusion (hybrid encoder only).
     Boxes are normalised cx, cy, w, h in the letterbox frame; class 0 = object.
     """
@@ -130,6 +131,8 @@ class SimVG(nn.Module):
             "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells),
             "object_token": object_token,
             "grid": encoded.grid,
+            "visual_tokens": encoded.visual_tokens,
+            "visual_mask": encoded.visual_mask,
         }
         if encoded.visual_content is not None:
             out["visual_content"] = encoded.visual_content

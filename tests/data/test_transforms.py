@@ -107,3 +107,19 @@ def test_empty_phrase_and_truncation(tokenizer):
         sample = pre(image, "the very small red circle to the left of the big blue square", warn_truncation=True)
     assert len(sample.input_ids) == 8
     assert sample.input_ids[0] == tokenizer.cls_token_id and sample.input_ids[-1] == tokenizer.sep_token_id
+
+
+def test_the_landmark_goes_through_the_same_geometry_as_the_target(tokenizer):
+    image = scene(200, 100, (10, 40, 30, 60))
+    plain = Preprocessor(tokenizer, image_size=100, max_text_length=20)
+    sample = plain(image, "the square left of the star", (10, 40, 30, 60), landmark_xyxy=(100, 20, 140, 60))
+    assert sample.meta["landmark"] == pytest.approx((0.6, 0.2))  # centre (120, 40) px, halved, / 100
+    assert "landmark" not in plain(image, "the square", (10, 40, 30, 60)).meta
+    flip = AugmentConfig(scale=[1.0, 1.0], flip=1.0, color=0.0)
+    flipped = Preprocessor(tokenizer, image_size=100, max_text_length=20, augment=flip)
+    sample = flipped(image, "the square left of the star", (10, 40, 30, 60), seed=3, landmark_xyxy=(100, 20, 140, 60))
+    # Mirrored with the image: the landmark now lies as far left of the target as it lay right.
+    assert sample.target[0].item() == pytest.approx(0.9, abs=0.01)
+    assert sample.meta["landmark"][0] == pytest.approx(sample.target[0].item() - 0.5, abs=0.01)
+    # (the image may be placed lower in the square input: both move alike)
+    assert sample.meta["landmark"][1] - sample.target[1].item() == pytest.approx(0.2 - 0.25, abs=0.01)

@@ -80,3 +80,58 @@ def test_auxiliary_losses_are_built_as_configured_with_clear_errors(synthref_roo
         build_auxiliary_losses(hybrid, config, tokenizer, records)
     config.loss = LossConfig()
     assert build_auxiliary_losses(hybrid, config, tokenizer, records) is None
+
+
+def test_landmark_offset_loss_targets_each_valid_cells_offset_to_the_landmark():
+    from simvg.models.heads.token_branch import grid_centres
+    from simvg.models.landmark import LandmarkOffsetLoss
+
+    loss_fn = LandmarkOffsetLoss(4)
+    with torch.no_grad():  # every token predicts the offset (0.25, 0)
+        loss_fn.offset.weight.zero_()
+        loss_fn.offset.bias.copy_(torch.tensor([0.25, 0.0]))
+    visual = torch.randn(3, 4, 4)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 1:] = False
+    landmarks = [None, (0.75, 0.25), (0.25, 0.75)]
+    loss = loss_fn(visual, mask, (2, 2), landmarks)
+    centres = grid_centres((2, 2))  # (0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)
+    errors = []
+    for row, landmark in ((1, landmarks[1]), (2, landmarks[2])):
+        for cell in range(4):
+            if mask[row, cell]:
+                target = torch.tensor(landmark) - centres[cell]
+                errors.append(torch.nn.functional.smooth_l1_loss(torch.tensor([0.25, 0.0]), target, beta=0.05,
+                                                                 reduction="sum"))  # fmt: skip
+    assert loss.item() == pytest.approx(torch.stack(errors).mean().item(), rel=1e-5)
+    # A token that predicts its true offset costs nothing; a batch without landmarks gives 0.
+    assert loss_fn(visual[1:2, :1], mask[1:2, :1], (1, 1), [(0.75, 0.5)]).item() == pytest.approx(0.0, abs=1e-6)
+    empty = loss_fn(visual, mask, (2, 2), [None, None, None])
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def test_synthref_records_name_their_relational_phrases_landmark(synthref_root):
+    from simvg.data.readers import load_records
+    from simvg.models.pretrained import load_tokenizer
+
+    records = load_records(synthref_root, "synthref", "train")
+    found = 0
+    for record in records:
+        for index, program in enumerate(record.extra["programs"]):
+            box = record.landmark_box(index)
+            assert (box is not None) == (program["op"] == "relate")
+            if box is not None:
+                found += 1
+                assert box != record.box_xyxy
+    assert found > 0
+    tokenizer = load_tokenizer("minilm-l6")
+    config = Config(model=ModelConfig(image_size=64, encoder=tiny_config("hybrid").encoder, head=TINY_HEAD),
+                    loss=LossConfig(landmark_offset=3.0))  # fmt: skip
+    model = build_model(config.model, len(tokenizer))
+    auxiliary = build_auxiliary_losses(model, config, tokenizer, records)
+    assert auxiliary.landmark is not None and auxiliary.weight_dict["loss_landmark_offset"] == 3.0
+    for record in records:
+        record.extra.pop("programs")
+    with pytest.raises(ValueError, match="loss.landmark_offset"):
+        build_auxiliary_losses(model, config, tokenizer, records)

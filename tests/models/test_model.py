@@ -332,3 +332,15 @@ def test_layers_before_the_fusion_layer_keep_text_and_image_apart():
     fused.load_state_dict(model.state_dict())
     changed = fused.encoder(255 - images, pixel_mask, input_ids, text_mask).text_tokens
     assert not torch.allclose(fused.encoder(images, pixel_mask, input_ids, text_mask).text_tokens, changed)
+
+
+def test_a_model_built_under_inference_mode_still_predicts():
+    # Parameters created under torch.inference_mode keep no version counter: the heads then
+    # skip their kept folded weights and compute directly.
+    with torch.inference_mode():
+        model = build_model(tiny_config("hybrid"), vocab_size=30522).eval()
+        out = model(*inputs())["token"]
+    reference = build_model(tiny_config("hybrid"), vocab_size=30522).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        assert torch.allclose(reference(*inputs())["token"]["boxes"], out["boxes"], atol=1e-5)

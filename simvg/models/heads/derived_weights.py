@@ -24,12 +24,16 @@ def inference_only(module: torch.nn.Module) -> bool:
 
 class DerivedWeights:
     """get(name, params, build): ``build()``'s value, recomputed when any of ``params`` was
-    updated in place (optimizer step, ``load_state_dict``) or moved (``.to``) since."""
+    updated in place (optimizer step, ``load_state_dict``) or moved (``.to``) since; None
+    when a parameter was created under ``torch.inference_mode`` (such tensors keep no
+    version counter, so a change could not be seen): the caller then computes directly."""
 
     def __init__(self) -> None:
         self._values: dict[str, tuple[tuple, object]] = {}
 
-    def get(self, name: str, params: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
+    def get(self, name: str, params: Sequence[torch.Tensor], build: Callable[[], T]) -> T | None:
+        if any(p.is_inference() for p in params):
+            return None
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         hit = self._values.get(name)
         if hit is not None and hit[0] == key:

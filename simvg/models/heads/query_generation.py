@@ -97,11 +97,11 @@ class TextGuidedQueryGenerator(nn.Module):
             out = layer.norm3(out + layer.dropout3(layer.linear2(layer.dropout(F.relu(layer.linear1(out))))))
         return out + masked_max_pool(text, text_mask)[:, None] + queries
 
-    def _inference_constants(self) -> dict:
+    def _inference_constants(self) -> dict | None:
         """What inference needs that depends on the weights alone, kept between calls: the
         first layer's self-attention block (its input is the fixed query embedding) and its
         cross-attention queries, and each later layer's self-attention folded into one linear
-        map (single query only)."""
+        map (single query only). None if it cannot be kept (see DerivedWeights)."""
         if not hasattr(self, "_derived"):
             self._derived = DerivedWeights()
         return self._derived.get("constants", list(self.parameters()), self._build_constants)

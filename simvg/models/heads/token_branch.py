@@ -122,7 +122,9 @@ class TokenBranch(nn.Module):
         if all_cells is None:
             all_cells = self.training or self.reference_window != 1
         if not all_cells and inference_only(self):
-            return self._answer_cell_inference(token, visual, visual_mask, grid, detail)
+            maps = self._inference_token_maps()
+            if maps is not None:
+                return self._answer_cell_inference(token, visual, visual_mask, grid, detail, maps)
         logits = torch.einsum("bd,bnd->bn", self.query(token), self.key(visual)) * self.scale
         logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
@@ -150,6 +152,14 @@ class TokenBranch(nn.Module):
         bias = torch.cat([self.proj.bias, self.condition.bias, w_k.T @ b_q, (b_k @ b_q)[None]])
         return weight, bias
 
+    def _inference_token_maps(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`_fused_token_maps`, kept between calls (None if it cannot be kept)."""
+        if not hasattr(self, "_derived"):
+            self._derived = DerivedWeights()
+        params = (self.proj.weight, self.proj.bias, self.condition.weight, self.condition.bias,
+                  self.query.weight, self.query.bias, self.key.weight, self.key.bias)  # fmt: skip
+        return self._derived.get("token_maps", params, self._fused_token_maps)
+
     def _answer_cell_inference(
         self,
         token: torch.Tensor,
@@ -157,14 +167,12 @@ class TokenBranch(nn.Module):
         visual_mask: torch.Tensor,
         grid: tuple[int, int],
         detail: Detail | None,
+        maps: tuple[torch.Tensor, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """forward() for inference with ``reference_window`` 1, in fewer kernels: the same
-        logits, score and box up to float rounding (tests compare both)."""
-        if not hasattr(self, "_derived"):
-            self._derived = DerivedWeights()
-        params = (self.proj.weight, self.proj.bias, self.condition.weight, self.condition.bias,
-                  self.query.weight, self.query.bias, self.key.weight, self.key.bias)  # fmt: skip
-        weight, bias = self._derived.get("token_maps", params, self._fused_token_maps)
+        logits, score and box up to float rounding (tests compare both); ``maps`` from
+        :meth:`_fused_token_maps`."""
+        weight, bias = maps
         dim = token.shape[-1]
         projected, condition, u, c = F.linear(token, weight, bias).split([dim, dim, dim, 1], dim=-1)
         logits = torch.baddbmm(c[:, :, None], visual, u[:, :, None], alpha=self.scale, beta=self.scale)[..., 0]
