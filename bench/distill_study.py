@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 
 ABLATIONS = ("no_one", "no_box_kd", "no_dwbd", "no_at", "no_mimic")
+INT8 = "_int8"  # a row named NAME_int8 is model NAME with its linear layers in int8 (simvg.models.quantize)
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -76,10 +77,11 @@ def distill(name: str, overrides: list[str], teachers: list[str], args: argparse
     return output / "best"
 
 
-def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token") -> dict:
-    """`simvg eval` metrics, cached next to the checkpoint (RUN/study_eval_SPLIT_BRANCH.json)
-    until its weights change, so that an interrupted or extended study evaluates each model once."""
-    cache = checkpoint.parent / f"study_eval_{split}_{branch}.json"
+def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token", int8: bool = False) -> dict:
+    """`simvg eval` metrics (``--int8`` with ``int8``), cached next to the checkpoint
+    (RUN/study_eval_SPLIT_BRANCH[_int8].json) until its weights change, so that an interrupted
+    or extended study evaluates each model once."""
+    cache = checkpoint.parent / f"study_eval_{split}_{branch}{INT8 if int8 else ''}.json"
     weights = checkpoint / "model.safetensors"
     if cache.is_file() and cache.stat().st_mtime > weights.stat().st_mtime:
         cached = json.loads(cache.read_text())
@@ -87,7 +89,7 @@ def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token
             return cached["metrics"]
     out = subprocess.run(
         [sys.executable, "-m", "simvg", "eval", str(checkpoint), "--data-root", str(data_root), "--dataset",
-         "synthref", "--split", split, "--branch", branch, "--json"],
+         "synthref", "--split", split, "--branch", branch, "--json"] + (["--int8"] if int8 else []),
         check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     metrics = json.loads(out.stdout)["metrics"][branch]
@@ -97,13 +99,20 @@ def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token
 
 def throughput(checkpoints: dict[str, Path], seconds: float, rounds: int) -> dict[str, dict]:
     """Batch-1 token-branch images/s and parameter counts of the deployed models (a ONE
-    student with a deploy branch keeps only that branch), models timed alternately."""
+    student with a deploy branch keeps only that branch; an ``_int8`` row counts the float
+    model's parameters), models timed alternately."""
     from simvg.benchmark import synthetic_inputs, time_call
     from simvg.inference import Grounder
+    from simvg.models.quantize import quantize_for_cpu
 
-    models = {name: Grounder.from_pretrained(path, device="cpu") for name, path in checkpoints.items()}
-    for grounder in models.values():  # count and time what is deployed: `simvg export --keep-branch`
-        grounder.model.keep_deployed_branch()
+    models, parameters = {}, {}
+    for name, path in checkpoints.items():
+        grounder = Grounder.from_pretrained(path, device="cpu")
+        grounder.model.keep_deployed_branch()  # count and time what is deployed: `simvg export --keep-branch`
+        parameters[name] = sum(p.numel() for p in grounder.model.parameters())
+        if name.endswith(INT8):
+            quantize_for_cpu(grounder.model, "int8")
+        models[name] = grounder
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(rounds):  # interleave rounds so that drifting machine load hits every model alike
@@ -113,7 +122,7 @@ def throughput(checkpoints: dict[str, Path], seconds: float, rounds: int) -> dic
                 times[name].append(time_call(lambda g=grounder, x=inputs: g.model(*x, use_decoder=False), seconds))
     return {
         name: {"images_per_s": 1.0 / sorted(t)[len(t) // 2], "ms_per_image": 1000 * sorted(t)[len(t) // 2],
-               "parameters": sum(p.numel() for p in models[name].model.parameters())}
+               "parameters": parameters[name]}
         for name, t in times.items()
     }  # fmt: skip
 
@@ -135,7 +144,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     for row in rows:
         if row.get("images_per_s") is None or row in ablations:
             continue
-        marker = "s" if row["name"] == "teacher" else ("x" if row["name"] == "scratch" else "o")
+        marker = {"teacher": "s", "scratch": "x"}.get(row["name"], "^" if row["name"].endswith(INT8) else "o")
         ax.scatter(row["images_per_s"], row["val_acc@0.5"], marker=marker, s=40)
         ax.annotate(row["name"], (row["images_per_s"], row["val_acc@0.5"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)  # fmt: skip
@@ -181,6 +190,8 @@ def main() -> None:
     parser.add_argument("--takfl-steps", type=int, default=400, help="steps of each several-teacher student")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per model per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median taken)")
+    parser.add_argument("--int8", default="", help="comma-separated models (e.g. teacher,full) also timed and "
+                        "evaluated with their linear layers in int8, as rows NAME_int8")  # fmt: skip
     parser.add_argument("--reuse-evals", type=Path, help="a previous distill_study.json: reuse its accuracies for "
                         "checkpoints whose weights are older than it (timing is always re-measured)")  # fmt: skip
     parser.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation and timing")
@@ -208,20 +219,25 @@ def main() -> None:
                                                                   else "averaged predictions")  # fmt: skip
     if args.train_only:
         return
+    for name in filter(None, args.int8.split(",")):
+        if name not in checkpoints:
+            parser.error(f"--int8: {name!r} is not a model of this study (known: {', '.join(checkpoints)})")
+        checkpoints[name + INT8] = checkpoints[name]
+        what[name + INT8] = f"{name}, linear layers int8 (per-channel weights, dynamic activations)"
     previous = {}
     if args.reuse_evals and args.reuse_evals.is_file():
         written = args.reuse_evals.stat().st_mtime
         for row in json.loads(args.reuse_evals.read_text())["rows"]:
             weights = Path(row["checkpoint"]) / "model.safetensors"
             if weights.is_file() and weights.stat().st_mtime < written:
-                previous[row["checkpoint"]] = row
+                previous[(row["checkpoint"], row["name"].endswith(INT8))] = row
     rows = []
     speed = throughput(checkpoints, args.seconds, args.rounds)
     for name, path in checkpoints.items():
         row = {"name": name, "what": what[name], "checkpoint": str(path), **speed[name]}
         for split in ("val", "testA", "testB"):
-            old = previous.get(str(path))
-            metrics = old[f"{split}_metrics"] if old else evaluate(path, args.data_root, split)
+            old = previous.get((str(path), name.endswith(INT8)))
+            metrics = old[f"{split}_metrics"] if old else evaluate(path, args.data_root, split, int8=name.endswith(INT8))
             row[f"{split}_acc@0.5"] = metrics["acc@0.5"]
             row[f"{split}_metrics"] = metrics
         rows.append(row)

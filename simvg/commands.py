@@ -87,7 +87,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
     from simvg.inference import Grounder
 
-    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device)
+    grounder = Grounder.from_pretrained(args.checkpoint, device=args.device, quantize="int8" if args.int8 else None)
     branches = list(grounder.branches) if args.branch == "both" else [args.branch]
     if args.branch == "decoder" and "decoder" not in grounder.branches:
         raise ValueError(f"{args.checkpoint} has no decoder branch; use --branch token")

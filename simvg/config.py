@@ -80,6 +80,8 @@ class EncoderConfig:
         _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
         _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
+        if self.relative_position_bias and self.type != "hybrid":
+            raise ValueError(f"model.encoder.relative_position_bias needs the hybrid encoder, not '{self.type}'")
 
 
 @dataclass

@@ -55,19 +55,32 @@ class Grounder:
         self.preprocessor = Preprocessor(tokenizer, config.model.image_size, config.model.max_text_length)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.default_branch = "token"
+        self.quantization: str | None = None
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | None = None, batch_size: int = 16) -> Grounder:
-        """Load a checkpoint directory (config.json, model.safetensors, tokenizer files)."""
+    def from_pretrained(cls, directory: str | Path, device: str | None = None, batch_size: int = 16,
+                        quantize: str | None = None) -> Grounder:  # fmt: skip
+        """Load a checkpoint directory (config.json, model.safetensors, tokenizer files).
+
+        quantize: "int8" runs the model's linear layers with int8 weights (CPU only; see
+        :mod:`simvg.models.quantize`); None keeps the stored precision (as float32)."""
         from simvg.engine.tasks import quiet_transformers
 
         quiet_transformers()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cpu" if quantize else "cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer, config, meta = load_checkpoint(directory, map_location=device)
-        return cls(model, tokenizer, config, meta["backbone_config"], device, batch_size, meta)
+        if quantize is not None:
+            from simvg.models.quantize import quantize_for_cpu
+
+            model = quantize_for_cpu(model, quantize)
+        grounder = cls(model, tokenizer, config, meta["backbone_config"], device, batch_size, meta)
+        grounder.quantization = quantize
+        return grounder
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write a checkpoint directory; ``dtype=torch.float16`` stores half-size weights."""
+        if self.quantization is not None:
+            raise ValueError(f"this model was quantized ({self.quantization}) for inference; save the float checkpoint")
         extra = {k: v for k, v in self.meta.items() if k not in ("config", "backbone_config", "vocab_size", "format_version")}
         save_checkpoint(directory, self.model, self.config, self.backbone_config, self.tokenizer, extra=extra,
                         weights_dtype=dtype)  # fmt: skip

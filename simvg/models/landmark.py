@@ -2,7 +2,7 @@
 fused visual token predicts where the landmark (the red square) lies relative to itself.
 
 Relational phrases, "closest" and "farthest" above all, are what the 20-minute teacher
-misreads most (it picks among the candidates at about chance): the answer depends on each
+misreads most (it picks among the candidates no better than chance): the answer depends on each
 candidate's distance to the landmark, and the grounding loss alone says only which cell won.
 This dense target asks every token to know the landmark's offset, which is what comparing
 candidates needs. A training aid where the annotations name the landmark (SynthRef's

@@ -319,6 +319,8 @@ def test_relative_position_bias_reads_each_offsets_entry_and_trains(attention):
     assert bias[0, 1, query, key] == table[1, 2 + 3, -2 + 3]
     changed = biased.encoder(*inputs()).visual_tokens
     assert not torch.allclose(changed, plain.encoder(*inputs()).visual_tokens, atol=1e-3)
+    with pytest.raises(ValueError, match="relative_position_bias"):
+        tiny_config("vilt", relative_position_bias=True)
 
 
 def test_layers_before_the_fusion_layer_keep_text_and_image_apart():
@@ -344,3 +346,26 @@ def test_a_model_built_under_inference_mode_still_predicts():
     reference.load_state_dict(model.state_dict())
     with torch.inference_mode():
         assert torch.allclose(reference(*inputs())["token"]["boxes"], out["boxes"], atol=1e-5)
+
+
+def test_folded_inference_weights_follow_parameters_replaced_by_a_move():
+    from simvg.models.heads.token_branch import TokenBranch
+
+    torch.manual_seed(0)
+    grid, token, visual = (8, 8), torch.randn(2, 16), torch.randn(2, 64, 16)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    branch = TokenBranch(16).eval()
+    with torch.inference_mode():
+        branch(token, visual, mask, grid)  # builds the folded maps
+    # A move replaces every parameter's data with fresh tensors (version 0 again), as a trip
+    # to a GPU and back does; the new weights must be read, not the kept fold.
+    branch.to(torch.float64)
+    with torch.no_grad():
+        for param in branch.parameters():
+            param.mul_(2.0)
+    branch.to(torch.float32)
+    expected = branch(token, visual, mask, grid)
+    with torch.inference_mode():
+        folded = branch(token, visual, mask, grid)
+    assert torch.allclose(folded["ref_logits"], expected["ref_logits"], atol=1e-4)
+    assert torch.allclose(folded["logits"], expected["logits"], atol=1e-5)

@@ -4,8 +4,8 @@ position bias, one table shared by all layers as T5 shares its 1-D one).
 With only absolute position embeddings, "the circle closest to the red square" asks the
 pretrained attention to learn distances from the few hundred steps a CPU run has; an
 offset-indexed bias lets a head attend by distance from the first step. The table starts as
-ALiBi's linear distance penalty in 2-D (head h: -slope_h x Euclidean offset in cells, slopes
-a geometric series from 1/2 down to ~0), so some heads start local and others global; at a
+ALiBi's linear distance penalty in 2-D (head h of H: -2^(-8h/H) x the Euclidean offset in
+cells), so some heads start local and others almost global; at a
 learning rate of 3e-4 a zero table would barely move in a CPU run.
 """
 

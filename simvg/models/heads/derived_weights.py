@@ -26,19 +26,22 @@ class DerivedWeights:
     """get(name, params, build): ``build()``'s value, recomputed when any of ``params`` was
     updated in place (optimizer step, ``load_state_dict``) or moved (``.to``) since; None
     when a parameter was created under ``torch.inference_mode`` (such tensors keep no
-    version counter, so a change could not be seen): the caller then computes directly."""
+    version counter, so a change could not be seen) or when one is not a tensor (a quantized
+    module's packed weight): the caller then computes directly."""
 
     def __init__(self) -> None:
-        self._values: dict[str, tuple[tuple, object]] = {}
+        self._values: dict[str, tuple[tuple, list, object]] = {}
 
     def get(self, name: str, params: Sequence[torch.Tensor], build: Callable[[], T]) -> T | None:
-        if any(p.is_inference() for p in params):
+        if any(not isinstance(p, torch.Tensor) or p.is_inference() for p in params):
             return None
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         hit = self._values.get(name)
         if hit is not None and hit[0] == key:
-            return hit[1]  # type: ignore[return-value]
+            return hit[2]  # type: ignore[return-value]
         with torch.no_grad():
             value = build()
-        self._values[name] = (key, value)
+        # Holding the storages the key points into keeps their addresses from being reused by
+        # new parameters (a move to another device and back) while this entry stands.
+        self._values[name] = (key, [p.untyped_storage() for p in params], value)
         return value
