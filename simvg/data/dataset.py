@@ -139,6 +139,8 @@ class GroundingDataset(Dataset):
     Evaluation: one item per (record, expression), so every expression is counted once.
     Items are addressed by *keys* ``epoch * len(self) + index`` (see :class:`StepSampler`),
     so the random draws depend only on the key: a resumed run sees the same samples.
+    ``landmarks``: also carry each phrase's landmark (``meta["landmark"]``, for
+    ``loss.landmark_offset``) through the preprocessing.
     """
 
     def __init__(
@@ -148,11 +150,13 @@ class GroundingDataset(Dataset):
         train: bool,
         seed: int = 0,
         max_items: int | None = None,
+        landmarks: bool = False,
     ):
         self.records = records
         self.preprocessor = preprocessor
         self.train = train
         self.seed = seed
+        self.landmarks = landmarks
         if train:
             self.items = [(i, -1) for i in range(len(records))]
         else:
@@ -194,7 +198,7 @@ class GroundingDataset(Dataset):
             record.box_xyxy,
             seed=seed if self.train else None,
             meta=meta,
-            landmark_xyxy=record.landmark_box(expression_index) if self.train else None,
+            landmark_xyxy=record.landmark_box(expression_index) if self.landmarks else None,
         )
 
 

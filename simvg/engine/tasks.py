@@ -129,7 +129,8 @@ def build_datasets(
         if data.train_expression_types is not None:
             records = filter_expression_types(records, data.train_expression_types)
         preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
-        train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed)
+        train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
+                                     landmarks=config.loss.landmark_offset > 0)  # fmt: skip
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)

@@ -36,3 +36,16 @@ def test_eval_dataset_counts_every_expression_once_and_train_draws_one(simvg_roo
     assert batch.text_mask.sum(1).tolist() == [len(training[0].input_ids), len(training[1].input_ids)]
     assert (batch.input_ids[~batch.text_mask] == tokenizer.pad_token_id).all()
     assert torch.all((batch.targets > 0) & (batch.targets <= 1))
+
+
+def test_landmarks_are_carried_only_when_asked_for(synthref_root):
+    records = load_records(synthref_root, "synthref", "train")
+    pre = Preprocessor(load_tokenizer("minilm-l6"), 64, 24)
+    index = next(i for i, r in enumerate(records) if r.landmark_box(0) is not None)
+    with_landmarks = GroundingDataset(records, pre, train=False, landmarks=True)
+    key = next(k for k, item in enumerate(with_landmarks.items) if item == (index, 0))
+    centre = with_landmarks[key].meta["landmark"]
+    x0, y0, x1, y1 = records[index].landmark_box(0)
+    scale = 64 / max(records[index].width, records[index].height)
+    assert abs(centre[0] - (x0 + x1) / 2 * scale / 64) < 1e-6 and abs(centre[1] - (y0 + y1) / 2 * scale / 64) < 1e-6
+    assert "landmark" not in GroundingDataset(records, pre, train=False)[key].meta
