@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from simvg.models.quantize import DESCRIPTION
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "distill_synthref.yaml"
 NO_DISTILL = ["distill.one=0", "distill.box_kd=0", "distill.attention_transfer=0", "distill.feature_mimic=0",
@@ -47,7 +49,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 
 ABLATIONS = ("no_one", "no_box_kd", "no_dwbd", "no_at", "no_mimic")
-INT8 = "_int8"  # a row named NAME_int8 is model NAME with its linear layers in int8 (simvg.models.quantize)
+INT8 = "_int8"  # a row named NAME_int8 is model NAME quantized by simvg.models.quantize
+QUANTIZATION = DESCRIPTION
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -79,13 +82,14 @@ def distill(name: str, overrides: list[str], teachers: list[str], args: argparse
 
 def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token", int8: bool = False) -> dict:
     """`simvg eval` metrics (``--int8`` with ``int8``), cached next to the checkpoint
-    (RUN/study_eval_SPLIT_BRANCH[_int8].json) until its weights change, so that an interrupted
+    (RUN/study_eval_SPLIT_BRANCH[_int8].json) until its weights (or what int8 quantizes) change, so that an interrupted
     or extended study evaluates each model once."""
     cache = checkpoint.parent / f"study_eval_{split}_{branch}{INT8 if int8 else ''}.json"
+    quantization = QUANTIZATION if int8 else None
     weights = checkpoint / "model.safetensors"
     if cache.is_file() and cache.stat().st_mtime > weights.stat().st_mtime:
         cached = json.loads(cache.read_text())
-        if cached["data_root"] == str(data_root):
+        if cached["data_root"] == str(data_root) and cached.get("quantization") == quantization:
             return cached["metrics"]
     out = subprocess.run(
         [sys.executable, "-m", "simvg", "eval", str(checkpoint), "--data-root", str(data_root), "--dataset",
@@ -93,7 +97,7 @@ def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token
         check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     metrics = json.loads(out.stdout)["metrics"][branch]
-    cache.write_text(json.dumps({"data_root": str(data_root), "metrics": metrics}))
+    cache.write_text(json.dumps({"data_root": str(data_root), "quantization": quantization, "metrics": metrics}))
     return metrics
 
 
@@ -223,7 +227,7 @@ def main() -> None:
         if name not in checkpoints:
             parser.error(f"--int8: {name!r} is not a model of this study (known: {', '.join(checkpoints)})")
         checkpoints[name + INT8] = checkpoints[name]
-        what[name + INT8] = f"{name}, linear layers int8 (per-channel weights, dynamic activations)"
+        what[name + INT8] = f"{name}, {QUANTIZATION}"
     previous = {}
     if args.reuse_evals and args.reuse_evals.is_file():
         written = args.reuse_evals.stat().st_mtime

@@ -1,7 +1,8 @@
-"""Where the token branch's batch-1 time goes: the head (projections, query generator, token
-head) timed right after the encoder (whose weights have just streamed through the caches)
-and again at once (its own weights still cached), with each part's parameter bytes (the
-encoder's without its word-embedding table, which is looked up by row, not read whole).
+"""Where the token branch's batch-1 time goes: the head (``SimVG.heads`` in token-only
+inference: projections, query generator, folded token branch) timed right after the encoder
+(whose weights have just streamed through the caches) and again at once (its own weights
+still cached), with each part's parameter bytes (the encoder's without its word-embedding
+table, which is looked up by row, not read whole).
 
     python bench/head_cache.py runs/teacher/best [--calls 300]
 
@@ -19,7 +20,6 @@ import torch
 
 from simvg.benchmark import save_table, synthetic_inputs
 from simvg.inference import Grounder
-from simvg.models.grounding_model import ProjectedCellDetail
 
 
 def megabytes(modules: list[torch.nn.Module], skip: tuple[torch.Tensor, ...] = ()) -> float:
@@ -39,12 +39,7 @@ def main() -> None:
     inputs = synthetic_inputs(grounder.config, 1)
 
     def head(encoded):
-        text = model.text_proj(encoded.text_tokens)
-        queries = model.query_generator(text, encoded.text_mask)
-        token = model.object_proj(encoded.object_token) + queries[:, 0]
-        visual = model.visual_proj(encoded.visual_tokens)
-        detail = ProjectedCellDetail(encoded.stem_features[-2], encoded.grid, model.detail_proj)
-        return model.token_head(token, visual, encoded.visual_mask, encoded.grid, detail)
+        return model.heads(encoded, use_decoder=False)
 
     hot, cold, encoder = [], [], []
     with torch.inference_mode():

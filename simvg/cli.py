@@ -63,7 +63,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-expressions", type=int, help="evaluate an evenly spaced subset")
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--int8", action="store_true", help="run the linear layers in int8 (CPU; simvg.models.quantize)")
+    p.add_argument("--int8", action="store_true", help="run the encoder's linear layers in int8 (CPU; simvg.models.quantize)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

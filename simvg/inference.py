@@ -62,7 +62,7 @@ class Grounder:
                         quantize: str | None = None) -> Grounder:  # fmt: skip
         """Load a checkpoint directory (config.json, model.safetensors, tokenizer files).
 
-        quantize: "int8" runs the model's linear layers with int8 weights (CPU only; see
+        quantize: "int8" runs the encoder's linear layers with int8 weights (CPU only; see
         :mod:`simvg.models.quantize`); None keeps the stored precision (as float32)."""
         from simvg.engine.tasks import quiet_transformers
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from simvg.config import ModelConfig
 from simvg.models.encoders import build_encoder
+from simvg.models.encoders.base import EncoderOutput
 from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
+from simvg.models.heads.cell_detail import cell_detail, gather_cell_detail
+from simvg.models.heads.derived_weights import (
+    DerivedWeights,
+    inference_only,
+    parameter_groups,
+    parameters_at,
+)
+from simvg.models.heads.folded_token_branch import (
+    FoldedTokenBranch,
+    fold_token_branch,
+    folded_parameter_names,
+)
 from simvg.models.heads.position_encoding import sine_position_encoding
-from simvg.models.heads.token_branch import MultiBranchTokenHead, gather_cells
+from simvg.models.heads.token_branch import MultiBranchTokenHead
 
-
-def cell_detail(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A (B, C, H, W) map at twice the token grid's resolution -> (B, h*w, 4C): each token
-    cell's 2 x 2 sub-cells stacked (space-to-depth); the map is zero-padded to (2h, 2w)."""
-    h, w = grid
-    features = F.pad(features, (0, 2 * w - features.shape[3], 0, 2 * h - features.shape[2]))
-    return F.pixel_unshuffle(features, 2).flatten(2).transpose(1, 2)
+__all__ = ["SimVG", "build_model", "cell_detail", "ProjectedCellDetail"]
 
 
 class ProjectedCellDetail:
@@ -29,16 +35,17 @@ class ProjectedCellDetail:
     branches) or for the cells asked for only (inference projects just the answer's cell)."""
 
     def __init__(self, features: torch.Tensor, grid: tuple[int, int], project: nn.Module):
-        self.raw = cell_detail(features, grid)  # (B, N, 4C)
+        self.features = features
+        self.grid = grid
         self.project = project
         self._every_cell: torch.Tensor | None = None
 
     def __call__(self, cells: torch.Tensor | None = None) -> torch.Tensor:
         """cells: (B, K) token indices, or None for every cell -> (B, K or N, D)."""
         if cells is not None:
-            return self.project(gather_cells(self.raw, cells))
+            return self.project(gather_cell_detail(self.features, self.grid, cells))
         if self._every_cell is None:
-            self._every_cell = self.project(self.raw)
+            self._every_cell = self.project(cell_detail(self.features, self.grid))
         return self._every_cell
 
 
@@ -120,15 +127,31 @@ class SimVG(nn.Module):
         all_cells: bool | None = None,
     ) -> dict:
         encoded = self.encoder(images, pixel_mask, input_ids, text_mask)
+        return self.heads(encoded, use_decoder, all_cells)
+
+    def heads(self, encoded: EncoderOutput, use_decoder: bool | None = None, all_cells: bool | None = None) -> dict:
+        """Everything after the encoder: forward()'s result from the encoder's outputs."""
         text = self.text_proj(encoded.text_tokens)
         queries = self.query_generator(text, encoded.text_mask)
         object_token = self.object_proj(encoded.object_token) + queries[:, 0]
-        visual = self.visual_proj(encoded.visual_tokens)
-        detail = None
-        if self.detail_proj is not None:
-            detail = ProjectedCellDetail(encoded.stem_features[-2], encoded.grid, self.detail_proj)
+        run_decoder = self.decoder_branch is not None if use_decoder is None else use_decoder
+        if run_decoder and self.decoder_branch is None:
+            raise ValueError("this model has no decoder branch (head.use_decoder is false); use the token branch")
+        visual = None
+        folded = self._folded_token_branch(all_cells)
+        if folded is not None:
+            stem_detail = encoded.stem_features[-2] if self.detail_proj is not None else None
+            token = folded(object_token, encoded.visual_tokens, encoded.visual_mask, encoded.grid, stem_detail)
+            if isinstance(self.token_head, MultiBranchTokenHead):
+                token = {**token, "branches": [token], "gate": None}
+        else:
+            visual = self.visual_proj(encoded.visual_tokens)
+            detail = None
+            if self.detail_proj is not None:
+                detail = ProjectedCellDetail(encoded.stem_features[-2], encoded.grid, self.detail_proj)
+            token = self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells)
         out: dict = {
-            "token": self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells),
+            "token": token,
             "object_token": object_token,
             "grid": encoded.grid,
             "visual_tokens": encoded.visual_tokens,
@@ -136,15 +159,37 @@ class SimVG(nn.Module):
         }
         if encoded.visual_content is not None:
             out["visual_content"] = encoded.visual_content
-        run_decoder = self.decoder_branch is not None if use_decoder is None else use_decoder
         if run_decoder:
-            if self.decoder_branch is None:
-                raise ValueError("this model has no decoder branch (head.use_decoder is false); use the token branch")
+            if visual is None:
+                visual = self.visual_proj(encoded.visual_tokens)
             pos = _cached_position_encoding(encoded.grid, visual.shape[-1]).to(visual.device)
             out["decoder"] = self.decoder_branch(
                 visual, ~encoded.visual_mask, pos, queries, encoded.grid, all_layers=self.training
             )
         return out
+
+    def _folded_token_branch(self, all_cells: bool | None) -> FoldedTokenBranch | None:
+        """The (deployed) token branch folded with ``visual_proj`` and ``detail_proj`` for
+        inference (:mod:`~simvg.models.heads.folded_token_branch`), kept between calls; None
+        in training, with autograd on, when every cell's box is asked for, when the answer
+        reads more than the peak cell, for a ONE ensemble, or when the weights cannot be kept
+        (see DerivedWeights: then the branch runs as it is)."""
+        if all_cells or not inference_only(self):
+            return None
+        branch, path = self.token_head, "token_head"
+        if isinstance(branch, MultiBranchTokenHead):
+            if branch.deploy_branch is None:
+                return None
+            branch, path = branch.one.branches[branch.deploy_branch], f"{path}.one.branches.{branch.deploy_branch}"
+        if branch.reference_window != 1:
+            return None
+        if not hasattr(self, "_derived"):
+            self._derived, self._fold_groups = DerivedWeights(), {}
+        if path not in self._fold_groups:
+            names = folded_parameter_names(path, len(branch.box_head.layers), self.detail_proj is not None)
+            self._fold_groups[path] = parameter_groups(names)
+        params = parameters_at(self, self._fold_groups[path])
+        return self._derived.get("token_branch", params, lambda: fold_token_branch(branch, self.visual_proj, self.detail_proj))
 
 
 def build_model(config: ModelConfig, vocab_size: int, backbone_config: dict | None = None) -> SimVG:

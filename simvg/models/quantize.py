@@ -1,9 +1,14 @@
-"""Int8 dynamic quantization for CPU inference: every ``nn.Linear`` of the model (the
-encoder's transformer layers, the heads' projections) stores int8 weights, one scale per
-output channel, and quantizes its input on the fly (PyTorch's dynamic quantization, x86
-kernels). Convolutions, embeddings, layer norms and attention products stay in float32.
+"""Int8 dynamic quantization for CPU inference: every ``nn.Linear`` of the model's encoder
+(its transformer layers and projections) stores int8 weights, one scale per output channel,
+and quantizes its input on the fly (PyTorch's dynamic quantization, x86 kernels).
+Convolutions, embeddings, layer norms and attention products stay in float32, and so do the
+heads: at batch 1 they run folded (`simvg/models/heads/folded_token_branch.py`), which packed
+int8 weights cannot be, and the folded float head was faster than the same head in int8
+(distilled student, batch 1, on our 2-core test machine: 9.2 ms per image with the encoder
+in int8 against 9.9 ms with every linear layer in int8, timed call by call).
 Per-channel scales matter: with one scale per weight tensor the distilled SynthRef student
-lost 2.3 points of val accuracy (`simvg eval`, once), with one per channel 0.2.
+lost 2.3 points of val accuracy (`simvg eval`, once, every linear layer quantized), with one
+per channel 0.2.
 
 At batch 1 on a CPU the transformer's linear layers are most of a small model's time; int8
 weights read a quarter of the bytes and use the CPU's integer dot-product instructions.
@@ -20,15 +25,22 @@ from torch import nn
 QUANTIZATIONS = ("int8",)
 
 
+# What the quantized rows of benchmarks say (and what their cached results are keyed on).
+DESCRIPTION = "encoder's linear layers int8 (per-channel weights, dynamic activations), heads float"
+
+
 def quantize_for_cpu(model: nn.Module, quantization: str) -> nn.Module:
-    """``model`` (eval mode, on the CPU) with its ``nn.Linear`` layers dynamically quantized to
-    ``quantization`` ("int8"); the model is modified in place and returned."""
+    """``model`` (a SimVG model in eval mode, on the CPU) with its encoder's ``nn.Linear``
+    layers dynamically quantized to ``quantization`` ("int8"); the model is modified in place
+    and returned."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization '{quantization}'; choose one of: {', '.join(QUANTIZATIONS)}")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 quantization runs on the CPU only; load the checkpoint with device='cpu'")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    model.eval()
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model.eval(), {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        quantize_dynamic(model.encoder, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    return model

@@ -226,18 +226,6 @@ def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_object
     near = local_soft_argmax(out["ref_logits"], grid, 3)
     expected = torch.einsum("bn,bnc->bc", near, out["cell_boxes"])
     assert torch.allclose(windowed(token, visual, mask, grid)["boxes"], expected, atol=1e-6)
-    # Inference (eval, no autograd) folds the key into the object token's maps: same answer,
-    # also after a weight update, and with padded visual tokens.
-    mask[0, -8:] = False
-    for _ in range(2):
-        expected = branch(token, visual, mask, grid)
-        with torch.inference_mode():
-            folded = branch(token, visual, mask, grid)
-        for key in ("logits", "boxes", "ref_logits"):
-            assert torch.allclose(folded[key], expected[key], atol=1e-5), key
-        with torch.no_grad():
-            branch.key.weight.add_(0.5)
-            branch.condition.bias.add_(0.5)
     with pytest.raises(ValueError, match="reference_window"):
         TokenBranch(16, reference_window=2)
 
@@ -348,24 +336,63 @@ def test_a_model_built_under_inference_mode_still_predicts():
         assert torch.allclose(reference(*inputs())["token"]["boxes"], out["boxes"], atol=1e-5)
 
 
-def test_folded_inference_weights_follow_parameters_replaced_by_a_move():
-    from simvg.models.heads.token_branch import TokenBranch
-
-    torch.manual_seed(0)
-    grid, token, visual = (8, 8), torch.randn(2, 16), torch.randn(2, 64, 16)
-    mask = torch.ones(2, 64, dtype=torch.bool)
-    branch = TokenBranch(16).eval()
+@pytest.mark.parametrize("kind,branches", [("hybrid", 1), ("hybrid", 3), ("vilt", 1)])
+def test_folded_token_inference_answers_as_the_token_branch(kind, branches):
+    # Inference (eval, no autograd) folds the token branch with visual_proj and detail_proj:
+    # the visual tokens are never projected, and the answer is the same.
+    config = tiny_config(kind)
+    config.head.token_branches, config.head.deploy_branch = branches, (1 if branches > 1 else None)
+    model = build_model(config, vocab_size=30522).eval()
+    heads = model.token_head.one.branches if branches > 1 else [model.token_head]
+    with torch.no_grad():
+        for param in model.parameters():  # away from the near-zero initial box layer and biases
+            param.add_(torch.randn_like(param) * 0.05)
+    projected = []
+    model.visual_proj.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[1]))
+    for _ in range(2):
+        expected = model(*inputs(), use_decoder=False)["token"]  # autograd on: the branch as it is
+        assert "cell_boxes" not in expected and len(projected) == 1
+        with torch.inference_mode():
+            folded = model(*inputs(), use_decoder=False)["token"]
+        assert len(projected) == 1  # not called again
+        for key in ("logits", "boxes", "ref_logits"):
+            assert torch.allclose(folded[key], expected[key], atol=1e-5), key
+        assert (branches > 1) == ("branches" in folded)
+        with torch.no_grad():  # a weight update is picked up
+            heads[-1].box_head.layers[0].weight.mul_(1.5)
+            model.visual_proj.bias.add_(0.3)
+        projected.clear()
+    # With the decoder branch the visual tokens are projected once, for the decoder.
     with torch.inference_mode():
-        branch(token, visual, mask, grid)  # builds the folded maps
+        both = model(*inputs())
+        token_only = model(*inputs(), use_decoder=False)["token"]
+    assert projected == [16] and torch.equal(both["token"]["boxes"], token_only["boxes"])
+
+
+def test_folded_inference_weights_follow_parameters_replaced_by_a_move():
+    model = build_model(tiny_config("hybrid"), vocab_size=30522).eval()
+    with torch.inference_mode():
+        model(*inputs())  # builds the folded weights
     # A move replaces every parameter's data with fresh tensors (version 0 again), as a trip
     # to a GPU and back does; the new weights must be read, not the kept fold.
-    branch.to(torch.float64)
+    model.to(torch.float64)
     with torch.no_grad():
-        for param in branch.parameters():
-            param.mul_(2.0)
-    branch.to(torch.float32)
-    expected = branch(token, visual, mask, grid)
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.to(torch.float32)
+    expected = model(*inputs(), use_decoder=False)["token"]
     with torch.inference_mode():
-        folded = branch(token, visual, mask, grid)
-    assert torch.allclose(folded["ref_logits"], expected["ref_logits"], atol=1e-4)
-    assert torch.allclose(folded["logits"], expected["logits"], atol=1e-5)
+        folded = model(*inputs(), use_decoder=False)["token"]
+    for key in ("logits", "boxes", "ref_logits"):
+        assert torch.allclose(folded[key], expected[key], atol=1e-5), key
+
+
+def test_gathered_cell_detail_is_the_cells_space_to_depth():
+    from simvg.models.heads.cell_detail import cell_detail, gather_cell_detail
+
+    torch.manual_seed(0)
+    for size in (8, 7):  # twice the grid, and one short of it (zero-padded)
+        features = torch.randn(2, 3, size, size)
+        cells = torch.tensor([[0, 15, 6], [9, 9, 3]])
+        every = cell_detail(features, (4, 4))
+        assert torch.equal(gather_cell_detail(features, (4, 4), cells), every[torch.arange(2)[:, None], cells])

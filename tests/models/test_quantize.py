@@ -1,4 +1,4 @@
-"""Int8 inference: the shipped student gives the same answers with its linear layers in int8."""
+"""Int8 inference: the shipped student gives the same answers with its encoder's linear layers in int8."""
 
 import pytest
 import torch
@@ -13,14 +13,20 @@ from simvg.weights import DEFAULT_MODEL_DIR
 from tests.models.test_model import inputs, tiny_config
 
 
-def test_every_linear_layer_becomes_int8_and_the_model_still_runs():
+def test_the_encoders_linear_layers_become_int8_and_the_heads_stay_float_and_folded():
     model = build_model(tiny_config("hybrid"), vocab_size=30522).eval()
-    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
-    quantize_for_cpu(model, "int8")
-    assert linears > 10 and sum(type(m) is torch.nn.Linear for m in model.modules()) == 0
+    linears = sum(type(m) is torch.nn.Linear for m in model.encoder.modules())
+    head_linears = sum(type(m) is torch.nn.Linear for m in model.modules()) - linears
     with torch.inference_mode():
+        expected = model(*inputs())["token"]
+    quantize_for_cpu(model, "int8")
+    assert linears > 5 and sum(type(m) is torch.nn.Linear for m in model.encoder.modules()) == 0
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == head_linears > 10
+    with torch.inference_mode():
+        assert model._folded_token_branch(None) is not None  # the float head still runs folded
         out = model(*inputs())["token"]
     assert out["boxes"].shape == (2, 4) and torch.isfinite(out["boxes"]).all()
+    assert not torch.equal(out["ref_logits"], expected["ref_logits"])  # the encoder did change
     with pytest.raises(ValueError, match="int4"):
         quantize_for_cpu(model, "int4")
 

@@ -33,9 +33,12 @@ class DerivedWeights:
         self._values: dict[str, tuple[tuple, list, object]] = {}
 
     def get(self, name: str, params: Sequence[torch.Tensor], build: Callable[[], T]) -> T | None:
-        if any(not isinstance(p, torch.Tensor) or p.is_inference() for p in params):
+        try:
+            # A move or cast gives new storage (the kept storages below keep old addresses
+            # from being reused), an in-place update a new version.
+            key = tuple([(p.data_ptr(), p._version) for p in params])
+        except (AttributeError, RuntimeError):  # a packed weight (a method); an inference tensor
             return None
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         hit = self._values.get(name)
         if hit is not None and hit[0] == key:
             return hit[2]  # type: ignore[return-value]
@@ -45,3 +48,35 @@ class DerivedWeights:
         # new parameters (a move to another device and back) while this entry stands.
         self._values[name] = (key, [p.untyped_storage() for p in params], value)
         return value
+
+
+ParameterGroups = list[tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def parameter_groups(names: Sequence[str]) -> ParameterGroups:
+    """Dotted parameter names -> [(owner module's path, its parameters' names)], in order,
+    for :func:`parameters_at`."""
+    groups: ParameterGroups = []
+    for name in names:
+        *owner, param = name.split(".")
+        if groups and groups[-1][0] == tuple(owner):
+            groups[-1] = (groups[-1][0], groups[-1][1] + (param,))
+        else:
+            groups.append((tuple(owner), (param,)))
+    return groups
+
+
+def parameters_at(module: torch.nn.Module, groups: ParameterGroups) -> list[torch.Tensor | None]:
+    """The parameters of ``module`` named by ``groups`` (:func:`parameter_groups`), read
+    through the modules' own dictionaries: ``Module.__getattr__`` costs about half a
+    microsecond a name, which adds up at batch-1 call rates, and a replaced submodule is
+    still seen. None where a name is not a parameter (a quantized module keeps its weight
+    packed), which :meth:`DerivedWeights.get` answers with None."""
+    found = []
+    for owner_path, names in groups:
+        owner = module
+        for name in owner_path:
+            owner = owner._modules[name]
+        params = owner._parameters
+        found += [params.get(name) for name in names]
+    return found

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvg.models.heads.derived_weights import DerivedWeights, inference_only
+from simvg.models.heads.derived_weights import (
+    DerivedWeights,
+    inference_only,
+    parameter_groups,
+    parameters_at,
+)
 
 
 def masked_max_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,41 +80,100 @@ class TextGuidedQueryGenerator(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, num_layers)
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        batch = text.shape[0]
+        if inference_only(self):
+            constants = self._inference_constants()
+            if constants is not None:
+                return self._inference_forward(text, text_mask, constants)
         queries = self.query_embed.weight[None]
-        constants = self._inference_constants() if inference_only(self) else None
         # nn.TransformerDecoderLayer's own forward (post-norm, ReLU), written out: at batch 1
         # its per-call checks cost more than the arithmetic of a one-query decoder.
-        out = queries.expand(batch, -1, -1)
-        for index, layer in enumerate(self.decoder.layers):
-            if constants is not None and index == 0:
-                out = constants["after_self"].expand(batch, -1, -1)
-                cross_queries = constants["cross_queries"].expand(batch, -1, -1, -1)
-                cross = attend_projected(layer.multihead_attn, cross_queries, text, text_mask)
-            else:
-                if constants is not None and constants["folded"] is not None:
-                    self_out = F.linear(out, *constants["folded"][index - 1])
+        out = queries.expand(text.shape[0], -1, -1)
+        for layer in self.decoder.layers:
+            out = layer.norm1(out + layer.dropout1(attend(layer.self_attn, out, out)))
+            out = layer.norm2(out + layer.dropout2(attend(layer.multihead_attn, out, text, text_mask)))
+            out = layer.norm3(out + layer.dropout3(layer.linear2(layer.dropout(F.relu(layer.linear1(out))))))
+        return out + masked_max_pool(text, text_mask)[:, None] + queries
+
+    def _inference_forward(self, text: torch.Tensor, text_mask: torch.Tensor, constants: dict) -> torch.Tensor:
+        """forward() without dropout or autograd, from :meth:`_inference_constants`: every
+        layer's cross-attention keys and values in one matrix product, the first layer's
+        self-attention block and cross-attention queries read from the constants."""
+        batch, length, dim = text.shape
+        layers = self.decoder.layers
+        heads = layers[0].multihead_attn.num_heads
+        # (layers, 2, B, heads, L, head_dim): each layer's keys and values of the text.
+        memory = F.linear(text, *constants["memory"]).view(batch, length, len(layers), 2, heads, -1)
+        memory = memory.permute(2, 3, 0, 4, 1, 5)
+        mask = text_mask[:, None, None, :]
+        queries = self.query_embed.weight[None]
+        out = constants["after_self"].expand(batch, -1, -1)
+        q = constants["cross_queries"].expand(batch, -1, -1, -1)
+        for index, (layer, maps) in enumerate(zip(layers, constants["layers"])):
+            if index > 0:
+                if "self" in maps:
+                    self_out = _affine(out, *maps["self"])
                 else:
                     self_out = attend(layer.self_attn, out, out)
-                out = layer.norm1(out + layer.dropout1(self_out))
-                cross = attend(layer.multihead_attn, out, text, text_mask)
-            out = layer.norm2(out + layer.dropout2(cross))
-            out = layer.norm3(out + layer.dropout3(layer.linear2(layer.dropout(F.relu(layer.linear1(out))))))
+                out = _layer_norm(layer.norm1, out + self_out)
+                q = _affine(out, *maps["query"]).view(batch, out.shape[1], heads, -1).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(q, memory[index, 0], memory[index, 1], attn_mask=mask)
+            out = _layer_norm(layer.norm2, out + _affine(attended.transpose(1, 2).reshape(batch, -1, dim), *maps["out"]))
+            hidden = F.relu(_affine(out, *maps["linear1"]))
+            out = _layer_norm(layer.norm3, out + _affine(hidden, *maps["linear2"]))
         return out + masked_max_pool(text, text_mask)[:, None] + queries
 
     def _inference_constants(self) -> dict | None:
         """What inference needs that depends on the weights alone, kept between calls: the
         first layer's self-attention block (its input is the fixed query embedding) and its
-        cross-attention queries, and each later layer's self-attention folded into one linear
-        map (single query only). None if it cannot be kept (see DerivedWeights)."""
+        cross-attention queries, every layer's key and value maps stacked, each later layer's
+        self-attention folded into one linear map (single query only), and the one-row
+        products' weights stored (in, out). None if it cannot be kept (see DerivedWeights)."""
         if not hasattr(self, "_derived"):
             self._derived = DerivedWeights()
-        return self._derived.get("constants", list(self.parameters()), self._build_constants)
+        if not hasattr(self, "_constant_groups"):
+            # Biases read live (not copied into the constants) need no watching.
+            per_layer = ["self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+                         "self_attn.out_proj.bias", "norm1.weight", "norm1.bias", "multihead_attn.in_proj_weight",
+                         "multihead_attn.in_proj_bias", "multihead_attn.out_proj.weight", "linear1.weight",
+                         "linear2.weight"]  # fmt: skip
+            names = ["query_embed.weight"] + [f"decoder.layers.{i}.{name}" for i in range(len(self.decoder.layers))
+                                              for name in per_layer]  # fmt: skip
+            self._constant_groups = parameter_groups(names)
+        params = parameters_at(self, self._constant_groups)
+        return self._derived.get("constants", params, self._build_constants)
 
     def _build_constants(self) -> dict:
-        first = self.decoder.layers[0]
+        layers = self.decoder.layers
+        first = layers[0]
         queries = self.query_embed.weight[None]
+        dim = queries.shape[-1]
         after_self = first.norm1(queries + attend(first.self_attn, queries, queries))
-        folded = [folded_self_attention(layer.self_attn) for layer in self.decoder.layers[1:]]
+        per_layer = []
+        for index, layer in enumerate(layers):
+            cross = layer.multihead_attn
+            maps = {"out": _transposed(cross.out_proj.weight, cross.out_proj.bias),
+                    "linear1": _transposed(layer.linear1.weight, layer.linear1.bias),
+                    "linear2": _transposed(layer.linear2.weight, layer.linear2.bias)}  # fmt: skip
+            if index > 0:
+                maps["query"] = _transposed(cross.in_proj_weight[:dim], cross.in_proj_bias[:dim])
+                if queries.shape[1] == 1:
+                    maps["self"] = _transposed(*folded_self_attention(layer.self_attn))
+            per_layer.append(maps)
+        memory = [(layer.multihead_attn.in_proj_weight[dim:], layer.multihead_attn.in_proj_bias[dim:]) for layer in layers]
         return {"after_self": after_self, "cross_queries": project_queries(first.multihead_attn, after_self),
-                "folded": folded if queries.shape[1] == 1 else None}  # fmt: skip
+                "layers": per_layer, "memory": (torch.cat([w for w, _ in memory]), torch.cat([b for _, b in memory]))}  # fmt: skip
+
+
+def _transposed(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (in, out) contiguous, bias) for :func:`_affine`: a one-row product reads this
+    layout faster from main memory than F.linear reads (out, in) (see folded_token_branch)."""
+    return weight.T.contiguous(), bias
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ weight_t (in, out) + bias -> (..., out)."""
+    return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight_t).view(*x.shape[:-1], -1)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)

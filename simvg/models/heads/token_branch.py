@@ -21,10 +21,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from simvg.models.heads.derived_weights import DerivedWeights, inference_only
 from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
@@ -121,10 +119,6 @@ class TokenBranch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         if all_cells is None:
             all_cells = self.training or self.reference_window != 1
-        if not all_cells and inference_only(self):
-            maps = self._inference_token_maps()
-            if maps is not None:
-                return self._answer_cell_inference(token, visual, visual_mask, grid, detail, maps)
         logits = torch.einsum("bd,bnd->bn", self.query(token), self.key(visual)) * self.scale
         logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
@@ -141,48 +135,6 @@ class TokenBranch(nn.Module):
         weights = local_soft_argmax(logits, grid, self.reference_window) if self.reference_window else attention
         boxes = torch.einsum("bn,bnc->bc", weights, cell_boxes)
         return out | {"boxes": boxes, "cell_boxes": cell_boxes}
-
-    def _fused_token_maps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One (3D + 1, D) linear map of the object token giving proj(token), condition(token),
-        u and c, where the attention logits are visual . u + c: key(v) . query(t) =
-        v . (W_k^T query(t)) + b_k . query(t), so the keys of the N visual tokens are never
-        computed."""
-        w_q, b_q, w_k, b_k = self.query.weight, self.query.bias, self.key.weight, self.key.bias
-        weight = torch.cat([self.proj.weight, self.condition.weight, w_k.T @ w_q, (w_q.T @ b_k)[None]])
-        bias = torch.cat([self.proj.bias, self.condition.bias, w_k.T @ b_q, (b_k @ b_q)[None]])
-        return weight, bias
-
-    def _inference_token_maps(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """:meth:`_fused_token_maps`, kept between calls (None if it cannot be kept)."""
-        if not hasattr(self, "_derived"):
-            self._derived = DerivedWeights()
-        params = (self.proj.weight, self.proj.bias, self.condition.weight, self.condition.bias,
-                  self.query.weight, self.query.bias, self.key.weight, self.key.bias)  # fmt: skip
-        return self._derived.get("token_maps", params, self._fused_token_maps)
-
-    def _answer_cell_inference(
-        self,
-        token: torch.Tensor,
-        visual: torch.Tensor,
-        visual_mask: torch.Tensor,
-        grid: tuple[int, int],
-        detail: Detail | None,
-        maps: tuple[torch.Tensor, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
-        """forward() for inference with ``reference_window`` 1, in fewer kernels: the same
-        logits, score and box up to float rounding (tests compare both); ``maps`` from
-        :meth:`_fused_token_maps`."""
-        weight, bias = maps
-        dim = token.shape[-1]
-        projected, condition, u, c = F.linear(token, weight, bias).split([dim, dim, dim, 1], dim=-1)
-        logits = torch.baddbmm(c[:, :, None], visual, u[:, :, None], alpha=self.scale, beta=self.scale)[..., 0]
-        logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
-        attention = logits.softmax(dim=-1)
-        pooled = self.value(torch.bmm(attention.to(visual.dtype)[:, None], visual)[:, 0])
-        out = {"logits": self.class_head(projected + pooled), "ref_logits": logits}
-        peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        box = self._cell_boxes(condition, gather_cells(visual, peak), grid, detail, peak)
-        return out | {"boxes": box[:, 0]}
 
     def _cell_boxes(
         self,
@@ -201,12 +153,17 @@ class TokenBranch(nn.Module):
                 features = features + detail(cells)
             else:
                 features = features + (detail if cells is None else gather_cells(detail, cells))
-        delta = self.box_head(features).float()
-        centres = grid_centres(grid, condition.device)
-        if cells is not None:
-            centres = centres[cells]
-        centres = centres + delta[..., :2] * _cell_size(tuple(grid), condition.device)
-        return torch.cat([centres, delta[..., 2:].sigmoid()], dim=-1)
+        return cell_boxes_from_deltas(self.box_head(features).float(), grid, cells)
+
+
+def cell_boxes_from_deltas(delta: torch.Tensor, grid: tuple[int, int], cells: torch.Tensor | None = None) -> torch.Tensor:
+    """The box MLP's (B, K, 4) outputs (centre offsets in cell units, size logits) of the cells
+    ``cells`` (B, K) (None: every cell) -> (B, K, 4) normalised cxcywh boxes."""
+    centres = grid_centres(grid, delta.device)
+    if cells is not None:
+        centres = centres[cells]
+    centres = centres + delta[..., :2] * _cell_size(tuple(grid), delta.device)
+    return torch.cat([centres, delta[..., 2:].sigmoid()], dim=-1)
 
 
 @lru_cache(maxsize=32)
