@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import fx, nn
+
+from simvg.models.derived_weights import (
+    DerivedWeights,
+    hooked,
+    inference_only,
+    parameter_groups,
+    parameters_at,
+)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -54,8 +62,47 @@ class ConvStem(nn.Module):
         self.out_channels = channels[-1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        if inference_only(self):
+            fused = self._inference_stem()
+            if fused is not None:
+                return fused(x.contiguous(memory_format=torch.channels_last))
+        return run_stages(self.stages, x)
+
+    def _inference_stem(self) -> nn.Module | None:
+        """This stem for inference, kept between calls and rebuilt when a parameter or a
+        BatchNorm statistic changes: every BatchNorm folded into the convolution before it
+        (torch.fx's conv-BN fusion) and the weights in channels-last memory order, which the
+        CPU's convolution kernels run faster, depthwise ones most (same features up to float
+        rounding; bench/README). None if it cannot be kept (see DerivedWeights) or when a
+        module of the stem has forward hooks."""
+        if hooked(self):
+            return None
+        if not hasattr(self, "_derived"):
+            names = [name for name, _ in self.named_parameters()] + [name for name, _ in self.named_buffers()]
+            self._derived, self._groups = DerivedWeights(), parameter_groups(names)
+        return self._derived.get("fused", parameters_at(self, self._groups), self._fused_copy)
+
+    def _fused_copy(self) -> nn.Module:
+        from torch.fx.experimental.optimization import fuse
+
+        # Traced through a holder of the stages alone: the copy that fusing makes leaves out the
+        # stem's kept derived modules, and tracing does not re-enter this inference path.
+        return fuse(fx.symbolic_trace(_Stages(self.stages)), no_trace=True).to(memory_format=torch.channels_last)
+
+
+def run_stages(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each stage's output, in order, the input of the first being ``x``."""
+    features = []
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features
+
+
+class _Stages(nn.Module):
+    def __init__(self, stages: nn.ModuleList):
+        super().__init__()
+        self.stages = stages
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return run_stages(self.stages, x)

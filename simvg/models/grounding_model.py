@@ -8,16 +8,17 @@ import torch
 from torch import nn
 
 from simvg.config import ModelConfig
-from simvg.models.encoders import build_encoder
-from simvg.models.encoders.base import EncoderOutput
-from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
-from simvg.models.heads.cell_detail import cell_detail, gather_cell_detail
-from simvg.models.heads.derived_weights import (
+from simvg.models.derived_weights import (
     DerivedWeights,
+    hooked,
     inference_only,
     parameter_groups,
     parameters_at,
 )
+from simvg.models.encoders import build_encoder
+from simvg.models.encoders.base import EncoderOutput
+from simvg.models.heads import DecoderBranch, TextGuidedQueryGenerator, TokenBranch
+from simvg.models.heads.cell_detail import cell_detail, gather_cell_detail
 from simvg.models.heads.folded_token_branch import (
     FoldedTokenBranch,
     fold_token_branch,
@@ -172,8 +173,9 @@ class SimVG(nn.Module):
         """The (deployed) token branch folded with ``visual_proj`` and ``detail_proj`` for
         inference (:mod:`~simvg.models.heads.folded_token_branch`), kept between calls; None
         in training, with autograd on, when every cell's box is asked for, when the answer
-        reads more than the peak cell, for a ONE ensemble, or when the weights cannot be kept
-        (see DerivedWeights: then the branch runs as it is)."""
+        reads more than the peak cell, for a ONE ensemble, when the folded modules have forward
+        hooks, or when the weights cannot be kept (see DerivedWeights: then the branch runs as
+        it is)."""
         if all_cells or not inference_only(self):
             return None
         branch, path = self.token_head, "token_head"
@@ -181,14 +183,14 @@ class SimVG(nn.Module):
             if branch.deploy_branch is None:
                 return None
             branch, path = branch.one.branches[branch.deploy_branch], f"{path}.one.branches.{branch.deploy_branch}"
-        if branch.reference_window != 1:
+        if branch.reference_window != 1 or hooked(branch, self.visual_proj, self.detail_proj):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}
-        if path not in self._fold_groups:
-            names = folded_parameter_names(path, len(branch.box_head.layers), self.detail_proj is not None)
-            self._fold_groups[path] = parameter_groups(names)
-        params = parameters_at(self, self._fold_groups[path])
+        shape = (path, len(branch.box_head.layers), self.detail_proj is not None)
+        if shape not in self._fold_groups:
+            self._fold_groups[shape] = parameter_groups(folded_parameter_names(*shape))
+        params = parameters_at(self, self._fold_groups[shape])
         return self._derived.get("token_branch", params, lambda: fold_token_branch(branch, self.visual_proj, self.detail_proj))
 
 

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvg.models.heads.derived_weights import (
+from simvg.models.derived_weights import (
     DerivedWeights,
+    hooked,
     inference_only,
     parameter_groups,
     parameters_at,
@@ -80,7 +81,7 @@ class TextGuidedQueryGenerator(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, num_layers)
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        if inference_only(self):
+        if inference_only(self) and not hooked(self):
             constants = self._inference_constants()
             if constants is not None:
                 return self._inference_forward(text, text_mask, constants)

@@ -1,10 +1,12 @@
-"""Weights derived from a module's parameters (products, concatenations, constant outputs),
-kept between inference calls and rebuilt whenever a parameter changes.
+"""Weights derived from a module's parameters (products, concatenations, fused copies,
+constant outputs), kept between inference calls and rebuilt whenever a parameter (or a
+buffer, such as BatchNorm statistics) changes.
 
-At batch 1 the heads' cost is the number of small kernels, not their arithmetic; folding
-two linear maps into one, or computing once what depends on the weights alone, removes
-kernels without changing the result beyond float rounding. Only used without autograd
-(the derived tensors carry no gradient back to the parameters).
+At batch 1 a small model's cost is largely the number of small kernels and the bytes of
+weights they read, not their arithmetic; folding two linear maps into one, a BatchNorm
+into the convolution before it, or computing once what depends on the weights alone
+removes kernels without changing the result beyond float rounding. Only used without
+autograd (the derived tensors carry no gradient back to the parameters).
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ T = TypeVar("T")
 def inference_only(module: torch.nn.Module) -> bool:
     """True when ``module`` runs for inference: eval mode and no autograd."""
     return not module.training and not torch.is_grad_enabled()
+
+
+def hooked(*modules: torch.nn.Module | None) -> bool:
+    """True when any of ``modules`` or their submodules has forward hooks: a folded or fused
+    path would not run those modules, so their hooks (a feature recorder) would not fire."""
+    stack = list(modules)  # a plain walk: Module.modules() costs several times more per call
+    while stack:
+        module = stack.pop()
+        if module is not None:
+            if module._forward_hooks or module._forward_pre_hooks:
+                return True
+            stack.extend(module._modules.values())
+    return False
 
 
 class DerivedWeights:
@@ -67,7 +82,7 @@ def parameter_groups(names: Sequence[str]) -> ParameterGroups:
 
 
 def parameters_at(module: torch.nn.Module, groups: ParameterGroups) -> list[torch.Tensor | None]:
-    """The parameters of ``module`` named by ``groups`` (:func:`parameter_groups`), read
+    """The parameters (or buffers) of ``module`` named by ``groups`` (:func:`parameter_groups`), read
     through the modules' own dictionaries: ``Module.__getattr__`` costs about half a
     microsecond a name, which adds up at batch-1 call rates, and a replaced submodule is
     still seen. None where a name is not a parameter (a quantized module keeps its weight
@@ -77,6 +92,6 @@ def parameters_at(module: torch.nn.Module, groups: ParameterGroups) -> list[torc
         owner = module
         for name in owner_path:
             owner = owner._modules[name]
-        params = owner._parameters
-        found += [params.get(name) for name in names]
+        params, buffers = owner._parameters, owner._buffers
+        found += [params[name] if name in params else buffers.get(name) for name in names]
     return found
