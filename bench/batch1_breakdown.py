@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from simvg.benchmark import save_table, synthetic_inputs
+from simvg.benchmark import save_table, synthetic_inputs, take_turns
 from simvg.inference import Grounder
 from simvg.models.encoders.base import normalize_images
 
@@ -43,16 +42,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "batch1_breakdown.md")
     args = parser.parse_args()
     calls = {(checkpoint, name): call for checkpoint in args.checkpoints for name, call in parts(checkpoint).items()}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     with torch.inference_mode():
-        for call in calls.values():
-            call()
-        start = time.perf_counter()
-        while time.perf_counter() - start < args.seconds:  # every call takes its turn, so load hits all alike
-            for key, call in calls.items():
-                t = time.perf_counter()
-                call()
-                times[key].append(time.perf_counter() - t)
+        times = take_turns(calls, args.seconds)
     lines = [
         f"threads: {torch.get_num_threads()}, batch 1, fp32, token branch; median ms per image, "
         f"{len(times[next(iter(times))])} calls each, taking turns",

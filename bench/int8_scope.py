@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from simvg.benchmark import save_table, synthetic_inputs
+from simvg.benchmark import save_table, synthetic_inputs, take_turns
 from simvg.inference import Grounder
 from simvg.models.quantize import quantize_for_cpu
 
@@ -47,17 +46,10 @@ def main() -> None:
     args = parser.parse_args()
     scopes = ("float", "encoder int8", "every linear int8")
     models = {(c, s): load(c, s) for c in args.checkpoints for s in scopes}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in models}
     inputs = {key: synthetic_inputs(grounder.config, 1) for key, (grounder, _) in models.items()}
+    calls = {key: (lambda m=model, x=inputs[key]: m(*x, use_decoder=False)) for key, (_, model) in models.items()}
     with torch.inference_mode():
-        for key, (_, model) in models.items():
-            model(*inputs[key], use_decoder=False)
-        start = time.perf_counter()
-        while time.perf_counter() - start < args.seconds:
-            for key, (_, model) in models.items():
-                t = time.perf_counter()
-                model(*inputs[key], use_decoder=False)
-                times[key].append(time.perf_counter() - t)
+        times = take_turns(calls, args.seconds)
     lines = [f"threads: {torch.get_num_threads()}, batch 1, token branch, {len(times[next(iter(times))])} calls each; "
              "median ms per image", "", "| checkpoint | " + " | ".join(scopes) + " |",
              "|---|" + "---|" * len(scopes)]  # fmt: skip

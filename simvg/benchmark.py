@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from simvg.config import Config
+
+K = TypeVar("K", bound=Hashable)
 
 TEXT_TOKENS = 10  # a typical referring expression ("the star below the red circle") with [CLS]/[SEP]
 
@@ -37,6 +40,24 @@ def time_call(fn, seconds: float, min_iters: int = 3, warmup: int = 2) -> float:
         times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]
+
+
+def take_turns(calls: dict[K, Callable[[], object]], seconds: float, min_calls: int = 5) -> dict[K, list[float]]:
+    """Seconds of each call of each of ``calls``, which take turns one call at a time (after
+    one warm-up call each) for ``seconds`` and at least ``min_calls`` rounds, so that drifting
+    machine load and cache state hit them alike."""
+    for call in calls.values():
+        call()
+    times: dict[K, list[float]] = {key: [] for key in calls}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_calls or time.perf_counter() - start < seconds:
+        for key, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - t)
+        rounds += 1
+    return times
 
 
 @torch.inference_mode()
@@ -67,15 +88,7 @@ def benchmark_inference(
         }
         if getattr(model, "decoder_branch", None) is not None:
             modes["decoder"] = lambda inputs=inputs: model(*inputs, use_decoder=True)
-        for fn in modes.values():
-            fn()
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
-        start = time.perf_counter()
-        while len(times["encoder"]) < min_calls or time.perf_counter() - start < seconds:
-            for mode, fn in modes.items():
-                t = time.perf_counter()
-                fn()
-                times[mode].append(time.perf_counter() - t)
+        times = take_turns(modes, seconds, min_calls)
         for mode, measured in times.items():
             median = sorted(measured)[len(measured) // 2]
             rows.append({"batch": batch, "mode": mode, "ms_per_batch": 1000 * median, "ms_fastest": 1000 * min(measured),

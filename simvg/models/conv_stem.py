@@ -73,7 +73,7 @@ class ConvStem(nn.Module):
         BatchNorm statistic changes: every BatchNorm folded into the convolution before it
         (torch.fx's conv-BN fusion) and the weights in channels-last memory order, which the
         CPU's convolution kernels run faster, depthwise ones most (same features up to float
-        rounding; bench/README). None if it cannot be kept (see DerivedWeights) or when a
+        rounding; bench/stem_speed.py). None if it cannot be kept (see DerivedWeights) or when a
         module of the stem has forward hooks."""
         if hooked(self):
             return None

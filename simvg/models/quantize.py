@@ -2,13 +2,13 @@
 (its transformer layers and projections) stores int8 weights, one scale per output channel,
 and quantizes its input on the fly (PyTorch's dynamic quantization, x86 kernels).
 Convolutions, embeddings, layer norms and attention products stay in float32, and so do the
-heads: at batch 1 they run folded (`simvg/models/heads/folded_token_branch.py`), which packed
-int8 weights cannot be, and the folded float head was faster than the same head in int8
-(distilled student, batch 1, on our 2-core test machine: 9.2 ms per image with the encoder
-in int8 against 9.9 ms with every linear layer in int8, timed call by call).
+heads: at inference they run folded (`simvg/models/heads/folded_token_branch.py`), which
+packed int8 weights cannot be, and the folded float heads were faster than int8 ones
+(`bench/int8_scope.py`: the distilled student at batch 1, 7.56 ms per image with the encoder
+in int8, 7.72 ms with every linear layer in int8).
 Per-channel scales matter: with one scale per weight tensor the distilled SynthRef student
 lost 2.3 points of val accuracy (`simvg eval`, once, every linear layer quantized), with one
-per channel 0.2.
+per channel 0.2 (0.03 with the heads in float).
 
 At batch 1 on a CPU the transformer's linear layers are most of a small model's time; int8
 weights read a quarter of the bytes and use the CPU's integer dot-product instructions.
