@@ -24,6 +24,14 @@ def inference_only(module: torch.nn.Module) -> bool:
     return not module.training and not torch.is_grad_enabled()
 
 
+def transposed(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An (out, in) weight as a contiguous (in, out) matrix (in ``dtype``, default its own),
+    for ``torch.addmm(bias, x, W)``: for a one-row product read from main memory this layout
+    ran up to twice as fast as ``F.linear`` with the (out, in) one on our 2-core test machine
+    (the product is split over both cores)."""
+    return weight.T.to(dtype or weight.dtype).contiguous()
+
+
 def hooked(*modules: torch.nn.Module | None) -> bool:
     """True when any of ``modules`` or their submodules has forward hooks: a folded or fused
     path would not run those modules, so their hooks (a feature recorder) would not fire."""

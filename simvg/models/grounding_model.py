@@ -183,7 +183,7 @@ class SimVG(nn.Module):
             if branch.deploy_branch is None:
                 return None
             branch, path = branch.one.branches[branch.deploy_branch], f"{path}.one.branches.{branch.deploy_branch}"
-        if branch.reference_window != 1 or hooked(branch, self.visual_proj, self.detail_proj):
+        if branch.reference_window != 1 or hooked(self.token_head, self.visual_proj, self.detail_proj):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}

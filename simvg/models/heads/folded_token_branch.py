@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from simvg.models.derived_weights import transposed
 from simvg.models.heads.cell_detail import gather_cell_detail
 from simvg.models.heads.token_branch import TokenBranch, cell_boxes_from_deltas, gather_cells
 
@@ -80,13 +81,6 @@ class FoldedTokenBranch:
             x = torch.addmm(bias, torch.relu(x), weight)
         box = cell_boxes_from_deltas(x[:, None].float(), grid, peak)
         return {"logits": class_logits, "boxes": box[:, 0], "ref_logits": logits}
-
-
-def transposed(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An (out, in) weight as a contiguous (in, out) matrix: for a one-row product read from
-    main memory, ``addmm`` with this layout ran up to twice as fast as ``F.linear`` with the
-    (out, in) one on our 2-core test machine (it splits the read over both cores)."""
-    return weight.T.to(dtype).contiguous()
 
 
 def folded_parameter_names(branch: str, box_layers: int, detail: bool) -> list[str]:

@@ -12,6 +12,7 @@ from simvg.models.derived_weights import (
     inference_only,
     parameter_groups,
     parameters_at,
+    transposed,
 )
 
 
@@ -152,27 +153,22 @@ class TextGuidedQueryGenerator(nn.Module):
         per_layer = []
         for index, layer in enumerate(layers):
             cross = layer.multihead_attn
-            maps = {"out": _transposed(cross.out_proj.weight, cross.out_proj.bias),
-                    "linear1": _transposed(layer.linear1.weight, layer.linear1.bias),
-                    "linear2": _transposed(layer.linear2.weight, layer.linear2.bias)}  # fmt: skip
+            maps = {"out": (transposed(cross.out_proj.weight), cross.out_proj.bias),
+                    "linear1": (transposed(layer.linear1.weight), layer.linear1.bias),
+                    "linear2": (transposed(layer.linear2.weight), layer.linear2.bias)}  # fmt: skip
             if index > 0:
-                maps["query"] = _transposed(cross.in_proj_weight[:dim], cross.in_proj_bias[:dim])
+                maps["query"] = (transposed(cross.in_proj_weight[:dim]), cross.in_proj_bias[:dim])
                 if queries.shape[1] == 1:
-                    maps["self"] = _transposed(*folded_self_attention(layer.self_attn))
+                    weight, bias = folded_self_attention(layer.self_attn)
+                    maps["self"] = (transposed(weight), bias)
             per_layer.append(maps)
         memory = [(layer.multihead_attn.in_proj_weight[dim:], layer.multihead_attn.in_proj_bias[dim:]) for layer in layers]
         return {"after_self": after_self, "cross_queries": project_queries(first.multihead_attn, after_self),
                 "layers": per_layer, "memory": (torch.cat([w for w, _ in memory]), torch.cat([b for _, b in memory]))}  # fmt: skip
 
 
-def _transposed(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight (in, out) contiguous, bias) for :func:`_affine`: a one-row product reads this
-    layout faster from main memory than F.linear reads (out, in) (see folded_token_branch)."""
-    return weight.T.contiguous(), bias
-
-
 def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (..., in) @ weight_t (in, out) + bias -> (..., out)."""
+    """x (..., in) @ weight_t (in, out) + bias -> (..., out) (weight_t from :func:`transposed`)."""
     return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight_t).view(*x.shape[:-1], -1)
 
 

@@ -1,0 +1,54 @@
+"""Accuracy on a SynthRef split that no decision has seen: generates a fresh val split (its
+own seed), then evaluates each checkpoint's token branch there with `simvg eval` (``NAME:int8``
+evaluates NAME with ``--int8``). A blind check of figures that were measured on the val split
+that the recipes and choices were made on.
+
+    python bench/fresh_split.py runs/teacher/best runs/study/full/best runs/study/full/best:int8 [--seed 20261129]
+
+Writes bench/results/fresh_split.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from simvg.benchmark import save_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def simvg(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "simvg", *args], check=True, capture_output=True, text=True,
+                          cwd=ROOT).stdout  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories; NAME:int8 evaluates with --int8")
+    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fresh_split.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        simvg("synth", "--out", root, "--name", "synthref", "--train", "0", "--val", str(args.images), "--testA", "0",
+              "--testB", "0", "--seed", str(args.seed), "--image-size", "256")  # fmt: skip
+        lines = [f"SynthRef val split generated with seed {args.seed} ({args.images} images); token branch", "",
+                 "| checkpoint | expressions | Acc@0.5 |", "|---|---|---|"]  # fmt: skip
+        for entry in args.checkpoints:
+            checkpoint, _, mode = entry.partition(":")
+            extra = ["--int8"] if mode == "int8" else []
+            out = simvg("eval", checkpoint, "--data-root", root, "--dataset", "synthref", "--split", "val", "--branch",
+                        "token", "--json", *extra)  # fmt: skip
+            metrics = json.loads(out)["metrics"]["token"]
+            lines.append(f"| {entry} | {metrics['count']} | {metrics['acc@0.5']:.2f} |")
+            print(lines[-1], flush=True)
+    save_table("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
