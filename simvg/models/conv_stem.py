@@ -78,9 +78,13 @@ class ConvStem(nn.Module):
         if hooked(self):
             return None
         if not hasattr(self, "_derived"):
+            self._derived, self._groups = DerivedWeights(), []
+        tensors = parameters_at(self, self._groups)
+        if not self._groups or any(t is None for t in tensors):  # first call, or modules replaced since
             names = [name for name, _ in self.named_parameters()] + [name for name, _ in self.named_buffers()]
-            self._derived, self._groups = DerivedWeights(), parameter_groups(names)
-        return self._derived.get("fused", parameters_at(self, self._groups), self._fused_copy)
+            self._groups = parameter_groups(names)
+            tensors = parameters_at(self, self._groups)
+        return self._derived.get("fused", tensors, self._fused_copy)
 
     def _fused_copy(self) -> nn.Module:
         from torch.fx.experimental.optimization import fuse

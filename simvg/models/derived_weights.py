@@ -95,11 +95,14 @@ def parameters_at(module: torch.nn.Module, groups: ParameterGroups) -> list[torc
     microsecond a name, which adds up at batch-1 call rates, and a replaced submodule is
     still seen. None where a name is not a parameter (a quantized module keeps its weight
     packed), which :meth:`DerivedWeights.get` answers with None."""
-    found = []
+    found: list[torch.Tensor | None] = []
     for owner_path, names in groups:
-        owner = module
+        owner: torch.nn.Module | None = module
         for name in owner_path:
-            owner = owner._modules[name]
+            owner = owner._modules.get(name) if owner is not None else None
+        if owner is None:  # the module was replaced by one of another structure
+            found += [None] * len(names)
+            continue
         params, buffers = owner._parameters, owner._buffers
         found += [params[name] if name in params else buffers.get(name) for name in names]
     return found

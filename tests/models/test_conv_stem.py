@@ -44,3 +44,18 @@ def test_hooks_on_the_stem_still_fire_at_inference():
     with torch.inference_mode():
         stem(torch.randn(1, 3, 32, 32))
     assert seen == [(1, 8, 8, 8)]
+
+
+def test_the_fused_stem_follows_convolutions_replaced_after_it_was_built():
+    torch.manual_seed(0)
+    stem = ConvStem([8, 8], [0, 1]).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        stem(images)  # builds the fused copy of the plain stem
+    convert_convs(stem, "DConv")  # as a student is made from a teacher
+    stem.eval()
+    expected = stem(images)
+    with torch.inference_mode():
+        fused = stem(images)
+    assert torch.allclose(fused[-1], expected[-1], atol=1e-5)
+    assert any(m.groups > 1 for m in stem._inference_stem().modules() if isinstance(m, torch.nn.Conv2d))

@@ -14,7 +14,7 @@ MLP's ReLUs, so products of weight matrices stand in for chains of them:
 
 The results equal :class:`~simvg.models.heads.token_branch.TokenBranch`'s after the
 model's ``visual_proj`` and ``detail_proj`` up to float rounding (tests compare both);
-at batch 1 the head runs a third of the kernels and reads fewer weight bytes.
+at batch 1 the head runs fewer kernels and reads fewer weight bytes.
 """
 
 from __future__ import annotations
