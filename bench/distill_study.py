@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from simvg.models.quantize import DESCRIPTION
+from simvg.models.quantize import DESCRIPTION as QUANTIZATION
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "distill_synthref.yaml"
@@ -50,7 +50,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 ABLATIONS = ("no_one", "no_box_kd", "no_dwbd", "no_at", "no_mimic")
 INT8 = "_int8"  # a row named NAME_int8 is model NAME quantized by simvg.models.quantize
-QUANTIZATION = DESCRIPTION
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -82,8 +81,8 @@ def distill(name: str, overrides: list[str], teachers: list[str], args: argparse
 
 def evaluate(checkpoint: Path, data_root: Path, split: str, branch: str = "token", int8: bool = False) -> dict:
     """`simvg eval` metrics (``--int8`` with ``int8``), cached next to the checkpoint
-    (RUN/study_eval_SPLIT_BRANCH[_int8].json) until its weights (or what int8 quantizes) change, so that an interrupted
-    or extended study evaluates each model once."""
+    (RUN/study_eval_SPLIT_BRANCH[_int8].json) until its weights (or what int8 quantizes)
+    change, so that an interrupted or extended study evaluates each model once."""
     cache = checkpoint.parent / f"study_eval_{split}_{branch}{INT8 if int8 else ''}.json"
     quantization = QUANTIZATION if int8 else None
     weights = checkpoint / "model.safetensors"
@@ -195,7 +194,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per model per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median taken)")
     parser.add_argument("--int8", default="", help="comma-separated models (e.g. teacher,full) also timed and "
-                        "evaluated with their linear layers in int8, as rows NAME_int8")  # fmt: skip
+                        "evaluated quantized as `quantize='int8'` does (encoder in int8), as rows NAME_int8")  # fmt: skip
     parser.add_argument("--reuse-evals", type=Path, help="a previous distill_study.json: reuse its accuracies for "
                         "checkpoints whose weights are older than it (timing is always re-measured)")  # fmt: skip
     parser.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation and timing")

@@ -5,6 +5,9 @@ that the recipes and choices were made on.
 
     python bench/fresh_split.py runs/teacher/best runs/study/full/best runs/study/full/best:int8 [--seed 20261129]
 
+``--data-root DIR`` evaluates on DIR's own val split instead (no split generated), for
+comparisons on the usual val split made the same way.
+
 Writes bench/results/fresh_split.md.
 """
 
@@ -32,13 +35,17 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", help="checkpoint directories; NAME:int8 evaluates with --int8")
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--data-root", type=Path, help="evaluate on this data root's val split instead of a fresh one")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fresh_split.md")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        simvg("synth", "--out", root, "--name", "synthref", "--train", "0", "--val", str(args.images), "--testA", "0",
-              "--testB", "0", "--seed", str(args.seed), "--image-size", "256")  # fmt: skip
-        lines = [f"SynthRef val split generated with seed {args.seed} ({args.images} images); token branch", "",
-                 "| checkpoint | expressions | Acc@0.5 |", "|---|---|---|"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as fresh:
+        if args.data_root is not None:
+            root, what = str(args.data_root), f"SynthRef val split of {args.data_root}"
+        else:
+            root, what = fresh, f"SynthRef val split generated with seed {args.seed} ({args.images} images)"
+            simvg("synth", "--out", root, "--name", "synthref", "--train", "0", "--val", str(args.images), "--testA",
+                  "0", "--testB", "0", "--seed", str(args.seed), "--image-size", "256")  # fmt: skip
+        lines = [f"{what}; token branch", "", "| checkpoint | expressions | Acc@0.5 |", "|---|---|---|"]
         for entry in args.checkpoints:
             checkpoint, _, mode = entry.partition(":")
             extra = ["--int8"] if mode == "int8" else []
