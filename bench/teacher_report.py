@@ -11,7 +11,8 @@ phrase's target words, e.g. another circle for "the circle closest to the red sq
 the landmark itself, or elsewhere.
 
 Training time: the run's wall-clock minutes (summed over resumed parts, from the training
-process's own summaries in ``--log``) and the steps, batch and median images/s of train_log.csv.
+process's own summaries in ``--log``; the stem's pretraining phase included and also given
+alone) and the steps, batch and median images/s of train_log.csv.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -61,20 +63,26 @@ def _xyxy(xywh: list[float]) -> list[float]:
     return [xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3]]
 
 
-def relations_breakdown(predictions: Path, data_root: str, split: str) -> dict[str, Counter]:
-    """Token branch, relational phrases, per relation ("left", ..., "closest", "farthest"):
-    counts of "hit", "candidate" (another object fitting the target's words), "landmark",
-    "other object" and "no object", from SynthRef's programs and object lists."""
+def token_predictions(predictions: Path, data_root: str, split: str, op: str) -> Iterator[tuple[dict, dict, dict]]:
+    """(prediction, SynthRef record, program) for each token-branch prediction whose phrase's
+    program has operation ``op`` ("relate", "unique", ...)."""
     records = json.loads((Path(data_root) / "annotations" / "synthref" / "instances.json").read_text())[split]
     by_ref = {r["ref_id"]: r for r in records}
-    fits = lambda desc, obj: all(v is None or obj[k] == v for k, v in desc.items())  # noqa: E731
-    counts: dict[str, Counter] = {}
     for line in predictions.read_text().splitlines():
         p = json.loads(line)
         record = by_ref[p["ref_id"]]
         program = record["programs"][record["expressions"].index(p["expression"])]
-        if p["branch"] != "token" or program["op"] != "relate":
-            continue
+        if p["branch"] == "token" and program["op"] == op:
+            yield p, record, program
+
+
+def relations_breakdown(predictions: Path, data_root: str, split: str) -> dict[str, Counter]:
+    """Token branch, relational phrases, per relation ("left", ..., "closest", "farthest"):
+    counts of "hit", "candidate" (another object fitting the target's words), "landmark",
+    "other object" and "no object", from SynthRef's programs and object lists."""
+    fits = lambda desc, obj: all(v is None or obj[k] == v for k, v in desc.items())  # noqa: E731
+    counts: dict[str, Counter] = {}
+    for p, record, program in token_predictions(predictions, data_root, split, "relate"):
         landmarks = [o for o in record["objects"] if fits(program["landmark"], o)]
         candidates = [o for o in record["objects"] if fits(program["target"], o) and o not in landmarks[:1]]
         counts.setdefault(program["arg"], Counter())["chance"] += 1 / max(1, len(candidates))
@@ -92,6 +100,18 @@ def relations_breakdown(predictions: Path, data_root: str, split: str) -> dict[s
         else:
             outcome = "other object"
         counts.setdefault(program["arg"], Counter())[outcome] += 1
+    return counts
+
+
+def attribute_words_breakdown(predictions: Path, data_root: str, split: str) -> dict[str, list[int]]:
+    """Token branch, attribute phrases ("the purple star"), by which of size / colour / shape
+    the phrase names: [hits, phrases], from SynthRef's programs."""
+    counts: dict[str, list[int]] = {}
+    for p, _, program in token_predictions(predictions, data_root, split, "unique"):
+        named = " + ".join(k for k in ("size", "color", "shape") if program["target"][k] is not None)
+        tally = counts.setdefault(named.replace("color", "colour"), [0, 0])
+        tally[0] += p["iou"] >= 0.5
+        tally[1] += 1
     return counts
 
 
@@ -128,6 +148,10 @@ def main() -> None:
         total = sum(v for k, v in counts.items() if k != "chance")
         kinds = ("hit", "chance", "candidate", "landmark", "other object", "no object")
         lines.append(f"| {relation} | {total} | " + " | ".join(f"{100 * counts[k] / total:.1f}%" for k in kinds) + " |")
+    lines += ["", "Attribute phrases (token branch, val) by the words that single the object out:", "",
+              "| words | phrases | referred object |", "|---|---|---|"]  # fmt: skip
+    for named, (hits, total) in sorted(attribute_words_breakdown(scratch / "val.jsonl", args.data_root, "val").items()):
+        lines.append(f"| {named} | {total} | {100 * hits / total:.1f}% |")
     scratch_dir.cleanup()
     if args.run and (args.run / "train_log.csv").is_file():
         rows = list(csv.DictReader((args.run / "train_log.csv").open()))
@@ -137,10 +161,14 @@ def main() -> None:
         lines += ["", f"Training: {steps} steps at batch {batch}; median {rate:.1f} images/s "
                   f"(= {steps * batch / rate / 60:.1f} minutes of training steps at that rate)."]  # fmt: skip
     if args.log and args.log.is_file():
-        minutes = [json.loads(line)["minutes"] for line in args.log.read_text().splitlines()
-                   if line.startswith("{") and '"minutes"' in line]  # fmt: skip
+        summaries = [json.loads(line) for line in args.log.read_text().splitlines()
+                     if line.startswith("{") and '"minutes"' in line]  # fmt: skip
+        minutes = [s["minutes"] for s in summaries]
         lines.append(f"Wall clock of the training command(s), evaluation included: {sum(minutes):.1f} minutes "
                      f"({' + '.join(f'{m:.1f}' for m in minutes)}).")  # fmt: skip
+        pretrain = sum(s.get("stem_pretrain_minutes", 0.0) for s in summaries)
+        if pretrain:
+            lines.append(f"Of which the stem's pretraining (train.stem_pretrain_steps): {pretrain:.1f} minutes.")
     text = "\n".join(lines) + f"\n\nCommand: `python bench/teacher_report.py {' '.join(sys.argv[1:])}`\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -53,6 +53,7 @@ def _load_run_config(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from simvg.engine.distributed import cleanup_distributed, setup_distributed
+    from simvg.engine.stem_pretrain import pretrain_stem
     from simvg.engine.tasks import build_training_task
     from simvg.engine.train import fit
 
@@ -62,9 +63,17 @@ def run_train(args: argparse.Namespace) -> int:
     context = setup_distributed(args.device)
     try:
         task = build_training_task(config, args.data_root)
+        pretrained = None
+        if config.train.stem_pretrain_steps > 0 and not (args.resume and (output / "last").exists()):
+            # Deterministic, and the same in every process: a resumed run loads its stem instead.
+            pretrained = pretrain_stem(task.export_model, task.train_dataset, config, context.device,
+                                       task.tokenizer.pad_token_id, log=context.is_main)  # fmt: skip
         summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
     finally:
         cleanup_distributed()
+    if pretrained is not None:  # the command's training time includes the stem's
+        summary["stem_pretrain_minutes"] = pretrained.seconds / 60
+        summary["minutes"] += pretrained.seconds / 60
     if context.is_main:
         print(json.dumps(summary))
     return 0

@@ -172,6 +172,9 @@ class LossConfig:
     # classifies the object's annotated category (simvg.models.category).
     word_alignment: float = 0.0
     category: float = 0.0
+    # ... and every annotated object of the image (SynthRef's objects, a COCO image's
+    # annotations), each by the token holding its centre, with the same classifier (0 = off).
+    scene_category: float = 0.0
     # Relational phrases: every fused visual token predicts the landmark's offset from its
     # cell, where the annotations name the landmark (simvg.models.landmark; 0 = off).
     landmark_offset: float = 0.0
@@ -198,6 +201,11 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 500
     max_minutes: float | None = None  # stop (and save) after this much training time
+    # Batches on which the hybrid encoder's fresh visual stem is first trained alone to
+    # classify every annotated object at its centre cell (simvg.engine.stem_pretrain), before
+    # the grounding run; 0 skips it. Needs records that list their image's objects.
+    stem_pretrain_steps: int = 0
+    stem_pretrain_lr: float = 3e-4
     tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)
     eval_batch_size: int = 64
 
@@ -206,6 +214,8 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         if self.batch_size < 1 or self.max_steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.max_steps >= 0")
+        if self.stem_pretrain_steps < 0:
+            raise ConfigError(f"train.stem_pretrain_steps must be >= 0, got {self.stem_pretrain_steps}")
 
 
 @dataclass

@@ -64,8 +64,10 @@ def write_refer_layout(root: Path, refs: list[dict] | None = None) -> Path:
     annotations = [
         {"id": 1001, "image_id": 581857, "category_id": 1, "bbox": [10.0, 12.0, 20.0, 16.0], "area": 320, "iscrowd": 0},
         {"id": 1002, "image_id": 42, "category_id": 1, "bbox": [2.0, 3.0, 30.0, 25.0], "area": 750, "iscrowd": 0},
+        {"id": 1003, "image_id": 581857, "category_id": 18, "bbox": [40.0, 5.0, 10.0, 10.0], "area": 100, "iscrowd": 0},
     ]
-    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+    categories = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "instances.json").write_text(json.dumps(coco))
     if refs is None:
         refs = [

@@ -79,26 +79,35 @@ class Preprocessor:
         warn_truncation: bool = False,
         meta: dict[str, Any] | None = None,
         landmark_xyxy: Sequence[float] | None = None,
+        scene_objects: Sequence[tuple[Sequence[float], Any]] | None = None,
     ) -> Sample:
         """``landmark_xyxy`` (optional, training): pixels of the object the phrase relates its
         target to; its normalised (cx, cy) after the same geometry lands in ``meta["landmark"]``
-        (absent when augmentation crops it away)."""
+        (absent when augmentation crops it away). ``scene_objects`` (optional, training): every
+        annotated object as (xyxy pixels, category); those left in the image after the same
+        geometry land in ``meta["objects"]`` as (cx, cy normalised, category)."""
         size = self.image_size
         meta = dict(meta or {})
         resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
         target_xyxy = original_to_letterbox(tuple(box_xyxy), letterbox) if box_xyxy is not None else None
         landmark = original_to_letterbox(tuple(landmark_xyxy), letterbox) if landmark_xyxy is not None else None
+        scene = [(original_to_letterbox(tuple(box), letterbox), category) for box, category in scene_objects or []]
         augmented = None
         if self.augmentation is not None and target_xyxy is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
             h, w = resized.shape[:2]
-            boxes = [_clip(target_xyxy, w, h)] + ([_clip(landmark, w, h)] if landmark is not None else [])
-            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=boxes,
-                                    labels=list(range(len(boxes))))  # fmt: skip
+            # Labels: 0 the target, 1 the landmark (if any), 2 + k the k-th scene object.
+            boxes = {0: _clip(target_xyxy, w, h)}
+            if landmark is not None:
+                boxes[1] = _clip(landmark, w, h)
+            boxes |= {2 + k: _clip(box, w, h) for k, (box, _) in enumerate(scene)}
+            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=list(boxes.values()),
+                                    labels=list(boxes))  # fmt: skip
             kept = {int(label): box for label, box in zip(out["labels"], out["bboxes"])}
             if 0 in kept:
                 augmented = out
                 landmark = kept.get(1)
+                scene = [(kept[2 + k], category) for k, (_, category) in enumerate(scene) if 2 + k in kept]
         if augmented is not None:
             pixels, mask = augmented["image"], augmented["mask"].astype(bool)
             target_xyxy = [float(v) for v in kept[0]]
@@ -112,6 +121,8 @@ class Preprocessor:
             target = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / size
         if landmark is not None:
             meta["landmark"] = ((landmark[0] + landmark[2]) / (2 * size), (landmark[1] + landmark[3]) / (2 * size))
+        if scene_objects is not None:
+            meta["objects"] = [((b[0] + b[2]) / (2 * size), (b[1] + b[3]) / (2 * size), category) for b, category in scene]
         return Sample(
             image=torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             pixel_mask=torch.from_numpy(mask),
@@ -140,7 +151,8 @@ class GroundingDataset(Dataset):
     Items are addressed by *keys* ``epoch * len(self) + index`` (see :class:`StepSampler`),
     so the random draws depend only on the key: a resumed run sees the same samples.
     ``landmarks``: also carry each phrase's landmark (``meta["landmark"]``, for
-    ``loss.landmark_offset``) through the preprocessing.
+    ``loss.landmark_offset``) through the preprocessing; ``scene_objects``: every annotated
+    object of the image (``meta["objects"]``, for ``loss.scene_category``).
     """
 
     def __init__(
@@ -151,12 +163,14 @@ class GroundingDataset(Dataset):
         seed: int = 0,
         max_items: int | None = None,
         landmarks: bool = False,
+        scene_objects: bool = False,
     ):
         self.records = records
         self.preprocessor = preprocessor
         self.train = train
         self.seed = seed
         self.landmarks = landmarks
+        self.scene_objects = scene_objects
         if train:
             self.items = [(i, -1) for i in range(len(records))]
         else:
@@ -199,6 +213,7 @@ class GroundingDataset(Dataset):
             seed=seed if self.train else None,
             meta=meta,
             landmark_xyxy=record.landmark_box(expression_index) if self.landmarks else None,
+            scene_objects=record.scene_objects() if self.scene_objects else None,
         )
 
 

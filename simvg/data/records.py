@@ -44,6 +44,25 @@ class GroundingRecord:
         category_id = self.extra.get("category_id")
         return category_id if category_id is not None else self.extra.get("category")
 
+    def scene_objects(self) -> list[tuple[tuple[float, float, float, float], str | int]] | None:
+        """Every annotated object of the image as ((x0, y0, x1, y1) pixels, category), where the
+        annotations list them: SynthRef's ``objects`` (category "size colour shape", as
+        :attr:`category`) or the COCO annotations of a refer-layout image (``category_id``);
+        None otherwise. Objects without a category or with an empty box are left out."""
+        objects = self.extra.get("objects")
+        if not objects:
+            return None
+        listed = []
+        for obj in objects:
+            category = obj.get("category_id")
+            if category is None and all(obj.get(k) for k in ("size", "color", "shape")):
+                category = f"{obj['size']} {obj['color']} {obj['shape']}"
+            box = obj.get("bbox")
+            if category is None or not box or len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+                continue
+            listed.append((xywh_to_xyxy(box), category))
+        return listed
+
     def landmark_box(self, expression_index: int) -> tuple[float, float, float, float] | None:
         """(x0, y0, x1, y1) pixels of the object expression ``expression_index`` relates its
         target to ("the circle left of *the red square*"), where the annotations say: SynthRef's

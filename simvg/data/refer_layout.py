@@ -67,6 +67,11 @@ def load_coco(path: Path):
         raise DataFormatError(f"{path}: not a readable COCO instances file: {err}") from err
 
 
+def image_objects(coco, image_id) -> list[dict]:
+    """The image's COCO annotations as ``{"bbox": xywh, "category_id": id}``."""
+    return [{"bbox": a.get("bbox"), "category_id": a.get("category_id")} for a in coco.imgToAnns.get(image_id, [])]
+
+
 def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Path) -> list[GroundingRecord]:
     """Read one split of a refer-toolkit dataset; boxes come from the COCO annotations."""
     path = refs_file(data_root, dataset)
@@ -77,6 +82,7 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
     if split not in splits:
         raise DataFormatError(f"{path}: no split '{split}'; available splits: {', '.join(splits)}")
     records = []
+    objects_by_image: dict = {}  # one list per image, shared by its records
     for index, ref in enumerate(refs):
         if not isinstance(ref, dict) or ref.get("split") != split:
             continue
@@ -96,6 +102,8 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
             raise DataFormatError(f"{where}: annotation {ref['ann_id']} has an invalid bbox {bbox!r}")
         file_name = image.get("file_name") or ref.get("file_name")
+        if ref["image_id"] not in objects_by_image:
+            objects_by_image[ref["image_id"]] = image_objects(coco, ref["image_id"])
         records.append(
             GroundingRecord(
                 image_path=image_root / "mscoco" / "train2014" / file_name,
@@ -107,7 +115,8 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
                 height=int(image["height"]),
                 dataset=dataset,
                 split=split,
-                extra={"category_id": ref.get("category_id"), "ann_id": ref["ann_id"]},
+                extra={"category_id": ref.get("category_id"), "ann_id": ref["ann_id"],
+                       "objects": objects_by_image[ref["image_id"]]},  # fmt: skip
             )
         )
     return records

@@ -146,6 +146,9 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
 
 def distill_command(config: Config, args: argparse.Namespace) -> int:
     quiet_transformers()
+    if config.train.stem_pretrain_steps > 0:
+        raise ValueError("train.stem_pretrain_steps is for `simvg train`; a distilled student's stem starts from the "
+                         "teacher's (copied, or fitted to it: distill.stem_hint_steps); set it to 0")  # fmt: skip
     output = Path(args.output)
     for path in args.teacher:
         resolve_checkpoint(path)

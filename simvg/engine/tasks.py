@@ -68,24 +68,34 @@ def build_auxiliary_losses(
     visual stem (hybrid); category and landmark supervision need training records that name
     their object's category / their phrases' landmarks."""
     loss = config.loss
-    if loss.word_alignment <= 0 and loss.category <= 0 and loss.landmark_offset <= 0:
+    if loss.word_alignment <= 0 and loss.category <= 0 and loss.scene_category <= 0 and loss.landmark_offset <= 0:
         return None
-    if (loss.word_alignment > 0 or loss.category > 0) and not hasattr(model.encoder, "word_embedding_matrix"):
+    visual_only = loss.word_alignment > 0 or loss.category > 0 or loss.scene_category > 0
+    if visual_only and not hasattr(model.encoder, "word_embedding_matrix"):
         raise ValueError(
-            f"loss.word_alignment and loss.category need an encoder with its own visual stem (hybrid), "
-            f"not '{config.model.encoder.type}'; set them to 0"
+            f"loss.word_alignment, loss.category and loss.scene_category need an encoder with its own visual "
+            f"stem (hybrid), not '{config.model.encoder.type}'; set them to 0"
         )
     width = model.encoder.hidden_size
     word_alignment = WordAlignmentLoss(width, tokenizer.all_special_ids) if loss.word_alignment > 0 else None
+    where = f"'{config.data.train_split}' record of dataset '{config.data.dataset}'"
     category = None
-    if loss.category > 0:
-        categories = sorted({r.category for r in train_records if r.category is not None}, key=str)
-        if not categories:
+    if loss.category > 0 or loss.scene_category > 0:
+        categories = {r.category for r in train_records if r.category is not None} if loss.category > 0 else set()
+        if loss.category > 0 and not categories:
             raise ValueError(
-                f"loss.category needs records with a category ('category_id' or 'category'), but no "
-                f"'{config.data.train_split}' record of dataset '{config.data.dataset}' has one; set loss.category=0"
+                f"loss.category needs records with a category ('category_id' or 'category'), but no {where} has "
+                f"one; set loss.category=0"
             )
-        category = CategoryLoss(width, categories)
+        if loss.scene_category > 0:
+            scene = {c for r in train_records for _, c in r.scene_objects() or []}
+            if not scene:
+                raise ValueError(
+                    f"loss.scene_category needs records that list their image's objects (SynthRef 'objects', "
+                    f"the refer layout's COCO annotations), but no {where} does; set loss.scene_category=0"
+                )
+            categories |= scene
+        category = CategoryLoss(width, sorted(categories, key=str))
     landmark = None
     if loss.landmark_offset > 0:
         if not any(r.landmark_box(i) is not None for r in train_records for i in range(len(r.expressions))):
@@ -96,8 +106,8 @@ def build_auxiliary_losses(
             )
         landmark = LandmarkOffsetLoss(width)
     weights = {"loss_word_alignment": loss.word_alignment, "loss_category": loss.category,
-               "loss_landmark_offset": loss.landmark_offset}  # fmt: skip
-    return AuxiliaryLosses(word_alignment, category, weights, landmark)
+               "loss_scene_category": loss.scene_category, "loss_landmark_offset": loss.landmark_offset}  # fmt: skip
+    return AuxiliaryLosses(word_alignment, category, weights, landmark, scene_category=loss.scene_category > 0)
 
 
 def filter_expression_types(records: list[GroundingRecord], types: list[str]) -> list[GroundingRecord]:
@@ -130,7 +140,8 @@ def build_datasets(
             records = filter_expression_types(records, data.train_expression_types)
         preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
         train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
-                                     landmarks=config.loss.landmark_offset > 0)  # fmt: skip
+                                     landmarks=config.loss.landmark_offset > 0,
+                                     scene_objects=config.loss.scene_category > 0 or config.train.stem_pretrain_steps > 0)  # fmt: skip
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)

@@ -1,6 +1,7 @@
 """Auxiliary losses: word alignment and category supervision on the referred object's visual
-token before fusion (training aids for a visual stem that starts from scratch), and landmark
-offsets on the fused visual tokens (for relational phrases).
+token before fusion, category supervision of every annotated object's token (training aids
+for a visual stem that starts from scratch), and landmark offsets on the fused visual tokens
+(for relational phrases).
 
 They live in the training module next to the model (their heads are not saved with it).
 The first two read the model's ``visual_content`` output, which only the hybrid encoder gives.
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from simvg.data.dataset import Batch
-from simvg.models.category import CategoryLoss
+from simvg.models.category import CategoryLoss, scene_object_cells
 from simvg.models.criterion import centre_cells
 from simvg.models.landmark import LandmarkOffsetLoss
 from simvg.models.word_alignment import WordAlignmentLoss
@@ -20,7 +21,9 @@ from simvg.models.word_alignment import WordAlignmentLoss
 
 class AuxiliaryLosses(nn.Module):
     """forward(model, outputs, batch) -> {"loss_word_alignment", "loss_category",
-    "loss_landmark_offset"} (those configured), unweighted; ``weight_dict`` holds their weights."""
+    "loss_scene_category", "loss_landmark_offset"} (those configured), unweighted;
+    ``weight_dict`` holds their weights. The scene loss (``scene_category``) reuses the
+    category classifier on every object in ``meta["objects"]``."""
 
     def __init__(
         self,
@@ -28,11 +31,15 @@ class AuxiliaryLosses(nn.Module):
         category: CategoryLoss | None,
         weight_dict: dict[str, float],
         landmark: LandmarkOffsetLoss | None = None,
+        scene_category: bool = False,
     ):
+        if scene_category and category is None:
+            raise ValueError("scene category supervision needs the category classifier")
         super().__init__()
         self.word_alignment = word_alignment
         self.category = category
         self.landmark = landmark
+        self.scene_category = scene_category
         self.weight_dict = weight_dict
 
     def forward(self, model: nn.Module, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
@@ -49,6 +56,12 @@ class AuxiliaryLosses(nn.Module):
         if self.word_alignment is not None:
             words = model.encoder.word_embedding_matrix()
             losses["loss_word_alignment"] = self.word_alignment(content, cells, batch.input_ids, batch.text_mask, words)
-        if self.category is not None:
+        if self.category is not None and self.weight_dict.get("loss_category", 0) > 0:
             losses["loss_category"] = self.category(content, cells, [m.get("category") for m in batch.meta])
+        if self.scene_category:
+            losses["loss_scene_category"] = self._scene_category(content, outputs["grid"], batch)
         return losses
+
+    def _scene_category(self, content: torch.Tensor, grid: tuple[int, int], batch: Batch) -> torch.Tensor:
+        rows, cells, categories = scene_object_cells(batch.meta, grid)
+        return self.category(content, cells.to(content.device), categories, rows.to(content.device))

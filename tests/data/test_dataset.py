@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from simvg.data.dataset import Collator, GroundingDataset, Preprocessor, StepSampler
@@ -49,3 +50,15 @@ def test_landmarks_are_carried_only_when_asked_for(synthref_root):
     scale = 64 / max(records[index].width, records[index].height)
     assert abs(centre[0] - (x0 + x1) / 2 * scale / 64) < 1e-6 and abs(centre[1] - (y0 + y1) / 2 * scale / 64) < 1e-6
     assert "landmark" not in GroundingDataset(records, pre, train=False)[key].meta
+
+
+def test_scene_objects_are_carried_only_when_asked_for(synthref_root):
+    records = load_records(synthref_root, "synthref", "train")
+    pre = Preprocessor(load_tokenizer("minilm-l6"), 64, 24)
+    sample = GroundingDataset(records, pre, train=True, scene_objects=True)[0]
+    record = records[sample.meta["record_index"]]
+    scale = 64 / max(record.width, record.height)
+    expected = [((x0 + x1) / 2 * scale / 64, (y0 + y1) / 2 * scale / 64, c) for (x0, y0, x1, y1), c in record.scene_objects()]
+    assert [c for _, _, c in sample.meta["objects"]] == [c for _, _, c in expected]
+    assert [v for *xy, _ in sample.meta["objects"] for v in xy] == pytest.approx([v for *xy, _ in expected for v in xy])
+    assert "objects" not in GroundingDataset(records, pre, train=True)[0].meta

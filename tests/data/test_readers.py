@@ -41,6 +41,8 @@ def test_refer_layout_reads_refs_and_coco(refer_root):
     assert (record.width, record.height) == (64, 48)
     assert record.image_path == refer_root / "images" / "mscoco" / "train2014" / "COCO_train2014_000000581857.jpg"
     assert record.category == 1  # the COCO category_id, for loss.category
+    # Every annotated object of the image, for loss.scene_category.
+    assert record.scene_objects() == [((10.0, 12.0, 30.0, 28.0), 1), ((40.0, 5.0, 50.0, 15.0), 18)]
     (test_record,) = load_records(refer_root, "refcoco-unc", "testA")
     assert test_record.ref_id == 8
 
@@ -132,3 +134,14 @@ def test_refs_pickle_with_code_is_refused(tmp_path):
 def test_missing_data_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="data root not found"):
         load_records(tmp_path / "nope", "mydata", "train")
+
+
+def test_synthref_records_list_every_object_with_its_category(synthref_root):
+    records = load_records(synthref_root, "synthref", "train")
+    for record in records:
+        objects = record.scene_objects()
+        assert len(objects) == len(record.extra["objects"]) >= 3
+        # The referred object is among them, named as its record names it.
+        assert (record.box_xyxy, record.category) in objects
+    record.extra.pop("objects")
+    assert record.scene_objects() is None

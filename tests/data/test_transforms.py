@@ -123,3 +123,19 @@ def test_the_landmark_goes_through_the_same_geometry_as_the_target(tokenizer):
     assert sample.meta["landmark"][0] == pytest.approx(sample.target[0].item() - 0.5, abs=0.01)
     # (the image may be placed lower in the square input: both move alike)
     assert sample.meta["landmark"][1] - sample.target[1].item() == pytest.approx(0.2 - 0.25, abs=0.01)
+
+
+def test_scene_objects_go_through_the_same_geometry_as_the_target(tokenizer):
+    image = scene(200, 100, (10, 40, 30, 60))
+    objects = [((10, 40, 30, 60), "target"), ((100, 20, 140, 60), "other")]
+    plain = Preprocessor(tokenizer, image_size=100, max_text_length=20)
+    sample = plain(image, "the square", (10, 40, 30, 60), scene_objects=objects)
+    assert [c for _, _, c in sample.meta["objects"]] == ["target", "other"]
+    assert [v for *xy, _ in sample.meta["objects"] for v in xy] == pytest.approx([0.1, 0.25, 0.6, 0.2])
+    flip = AugmentConfig(scale=[1.0, 1.0], flip=1.0, color=0.0)
+    flipped = Preprocessor(tokenizer, image_size=100, max_text_length=20, augment=flip)
+    sample = flipped(image, "the square", (10, 40, 30, 60), seed=3, scene_objects=objects)
+    (tx, ty, target), (ox, oy, other) = sample.meta["objects"]
+    assert (target, other) == ("target", "other")
+    assert (tx, ty) == pytest.approx(tuple(sample.target[:2].tolist()), abs=1e-4)
+    assert ox == pytest.approx(tx - 0.5, abs=0.01) and oy - ty == pytest.approx(0.2 - 0.25, abs=0.01)

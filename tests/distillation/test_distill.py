@@ -121,6 +121,11 @@ def test_bad_teacher_is_named(tiny_run, synthref_root, tmp_path, capsys):
     assert "missing config.json" in capsys.readouterr().err
 
 
+def test_stem_pretraining_is_refused_for_a_student(tiny_run, synthref_root, tmp_path, capsys):
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "out", "--set", "train.stem_pretrain_steps=5") == 2
+    assert "train.stem_pretrain_steps" in capsys.readouterr().err
+
+
 def test_scratch_baseline_starts_from_the_pretrained_encoder_not_from_random_weights():
     from simvg.models import build_model
 

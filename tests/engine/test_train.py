@@ -56,6 +56,25 @@ def test_resumed_run_ends_with_the_same_weights(synthref_root, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 3, 4, 6, 8]
 
 
+def test_stem_pretraining_runs_once_and_a_resumed_run_still_matches(synthref_root, tmp_path, capsys):
+    pretrain = ["--set", "train.stem_pretrain_steps=3"]
+    assert train(pretrain, synthref_root, tmp_path / "straight") == 0
+    assert '"stem_pretrain_minutes"' in capsys.readouterr().out
+    assert train([*pretrain, "--stop-after", "3"], synthref_root, tmp_path / "stopped") == 0
+    capsys.readouterr()
+    assert train([*pretrain, "--resume"], synthref_root, tmp_path / "stopped") == 0
+    assert '"stem_pretrain_minutes"' not in capsys.readouterr().out  # the resumed run loads its stem
+    straight, resumed = weights(tmp_path / "straight" / "last"), weights(tmp_path / "stopped" / "last")
+    for name in straight:
+        assert (straight[name] == resumed[name]).all(), name
+    assert not (straight["encoder.stem.stages.0.0.weight"] == weights_without_pretraining(synthref_root, tmp_path)).all()
+
+
+def weights_without_pretraining(synthref_root, tmp_path):
+    assert train([], synthref_root, tmp_path / "plain") == 0
+    return weights(tmp_path / "plain" / "last")["encoder.stem.stages.0.0.weight"]
+
+
 def test_existing_run_is_not_overwritten(synthref_root, tmp_path, capsys):
     assert train(["--stop-after", "1"], synthref_root, tmp_path / "run") == 0
     assert train([], synthref_root, tmp_path / "run") == 2

@@ -6,6 +6,7 @@ import torch
 from simvg.config import Config, LossConfig, ModelConfig
 from simvg.engine.tasks import build_auxiliary_losses
 from simvg.models import build_model
+from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.category import CategoryLoss
 from simvg.models.word_alignment import WordAlignmentLoss
 from tests.models.test_model import TINY_HEAD, tiny_config
@@ -56,6 +57,31 @@ def test_category_loss_ignores_records_without_a_known_category():
     assert float(loss_fn(content, cells, ["tiny green cube", None, None]).detach()) == 0.0
 
 
+def test_scene_category_loss_classifies_every_listed_object_at_its_centre_cell():
+    from simvg.data.dataset import Batch
+
+    torch.manual_seed(0)
+    category = CategoryLoss(8, ["large red circle", "small blue star"])
+    auxiliary = AuxiliaryLosses(None, category, {"loss_category": 0.0, "loss_scene_category": 1.0},
+                                scene_category=True)  # fmt: skip
+    content = torch.randn(2, 4, 8, requires_grad=True)  # a 2x2 grid
+    meta = [{"objects": [(0.9, 0.1, "small blue star"), (0.2, 0.8, "large red circle")]},
+            {"objects": [(0.7, 0.7, "small blue star"), (0.5, 0.5, "tiny green cube")]}, ]  # fmt: skip
+    batch = Batch(images=None, pixel_mask=None, input_ids=None, text_mask=None, targets=torch.full((2, 4), 0.5),
+                  letterboxes=None, phrases=None, meta=meta)  # fmt: skip
+    losses = auxiliary(None, {"visual_content": content, "grid": (2, 2)}, batch)
+    assert set(losses) == {"loss_scene_category"}
+    # cells: (0.9, 0.1) -> 1, (0.2, 0.8) -> 2, (0.7, 0.7) -> 3; the unknown category is ignored
+    logits = category.classifier(content[[0, 0, 1], [1, 2, 3]])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 1]))
+    assert losses["loss_scene_category"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["loss_scene_category"].backward()
+    assert content.grad[0, 0].abs().sum() == 0 and content.grad[0, 1].abs().sum() > 0
+    no_objects = Batch(images=None, pixel_mask=None, input_ids=None, text_mask=None, targets=torch.full((2, 4), 0.5),
+                       letterboxes=None, phrases=None, meta=[{}, {"objects": []}])  # fmt: skip
+    assert auxiliary(None, {"visual_content": content, "grid": (2, 2)}, no_objects)["loss_scene_category"].item() == 0.0
+
+
 def test_auxiliary_losses_are_built_as_configured_with_clear_errors(synthref_root):
     from simvg.data.readers import load_records
     from simvg.models.pretrained import load_tokenizer
@@ -77,6 +103,15 @@ def test_auxiliary_losses_are_built_as_configured_with_clear_errors(synthref_roo
     for record in records:
         record.extra.pop("category", None)
     with pytest.raises(ValueError, match="loss.category"):
+        build_auxiliary_losses(hybrid, config, tokenizer, records)
+    # Scene supervision needs only the objects list; it shares the category classifier.
+    config.loss = LossConfig(scene_category=3.0)
+    auxiliary = build_auxiliary_losses(hybrid, config, tokenizer, records)
+    assert auxiliary.scene_category and auxiliary.weight_dict["loss_scene_category"] == 3.0
+    assert set(auxiliary.category.index) == {c for r in records for _, c in r.scene_objects()}
+    for record in records:
+        record.extra.pop("objects")
+    with pytest.raises(ValueError, match="loss.scene_category"):
         build_auxiliary_losses(hybrid, config, tokenizer, records)
     config.loss = LossConfig()
     assert build_auxiliary_losses(hybrid, config, tokenizer, records) is None
