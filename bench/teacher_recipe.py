@@ -44,10 +44,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                             [*OLD, "loss.landmark_offset=100"]),
     "relative_position_bias": ("the previous recipe with a 2-D relative position bias (ALiBi-initialised) in the "
                                "encoder's attention", [*OLD, "model.encoder.relative_position_bias=true"]),
-    "word_alignment_1": ("without category, word alignment weight 1 (not 20)",
+    "word_alignment_1": ("the previous recipe without category, word alignment weight 1 (not 20)",
                          [*NO_CATEGORY, "loss.word_alignment=1.0"]),
-    "word_alignment_50": ("without category, word alignment weight 50", [*NO_CATEGORY, "loss.word_alignment=50.0"]),
-    "no_decoder": ("without category, word alignment 1, no decoder branch (so no DWBD)",
+    "word_alignment_50": ("the previous recipe without category, word alignment weight 50", [*NO_CATEGORY, "loss.word_alignment=50.0"]),
+    "no_decoder": ("the previous recipe without category, word alignment 1, no decoder branch (so no DWBD)",
                    [*NO_CATEGORY, "loss.word_alignment=1.0", "model.head.use_decoder=false"]),
 }
 

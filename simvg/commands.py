@@ -64,8 +64,9 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = build_training_task(config, args.data_root)
         pretrained = None
-        if config.train.stem_pretrain_steps > 0 and not (args.resume and (output / "last").exists()):
-            # Deterministic, and the same in every process: a resumed run loads its stem instead.
+        if config.train.stem_pretrain_steps > 0 and not args.resume:
+            # A resumed run loads its stem from its checkpoint (``last``, or ``last.old`` when
+            # the run stopped while writing ``last``), so the pre-phase never runs twice.
             pretrained = pretrain_stem(task.export_model, task.train_dataset, config, context.device,
                                        task.tokenizer.pad_token_id, log=context.is_main)  # fmt: skip
         summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)

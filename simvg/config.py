@@ -203,7 +203,8 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and save) after this much training time
     # Batches on which the hybrid encoder's fresh visual stem is first trained alone to
     # classify every annotated object at its centre cell (simvg.engine.stem_pretrain), before
-    # the grounding run; 0 skips it. Needs records that list their image's objects.
+    # the grounding run; 0 skips it. Needs records that list their image's objects. Its time is
+    # not counted against max_minutes; `simvg train` reports it as stem_pretrain_minutes.
     stem_pretrain_steps: int = 0
     stem_pretrain_lr: float = 3e-4
     tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)

@@ -96,23 +96,22 @@ class Preprocessor:
         if self.augmentation is not None and target_xyxy is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
             h, w = resized.shape[:2]
-            # Labels: 0 the target, 1 the landmark (if any), 2 + k the k-th scene object.
-            boxes = {0: _clip(target_xyxy, w, h)}
-            if landmark is not None:
-                boxes[1] = _clip(landmark, w, h)
-            boxes |= {2 + k: _clip(box, w, h) for k, (box, _) in enumerate(scene)}
-            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=list(boxes.values()),
-                                    labels=list(boxes))  # fmt: skip
+            boxes = [_clip(target_xyxy, w, h)] + ([_clip(landmark, w, h)] if landmark is not None else [])
+            out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=boxes,
+                                    labels=list(range(len(boxes))))  # fmt: skip
             kept = {int(label): box for label, box in zip(out["labels"], out["bboxes"])}
             if 0 in kept:
                 augmented = out
                 landmark = kept.get(1)
-                scene = [(kept[2 + k], category) for k, (_, category) in enumerate(scene) if 2 + k in kept]
         if augmented is not None:
             pixels, mask = augmented["image"], augmented["mask"].astype(bool)
-            target_xyxy = [float(v) for v in kept[0]]
-            if any(name == "HorizontalFlip" for name, _ in augmented["applied_transforms"]):
+            flipped = any(name == "HorizontalFlip" for name, _ in augmented["applied_transforms"])
+            if flipped:
                 phrase = swap_left_right(phrase)
+            # The scene's objects are not given to the box-safe crop (it would keep them all in
+            # view); they follow the target's own (axis-aligned) mapping instead.
+            scene = follow_box(scene, boxes[0], [float(v) for v in kept[0]], flipped, mask)
+            target_xyxy = [float(v) for v in kept[0]]
         else:
             pixels, mask = pad_to_square(resized, size)
         target = None
@@ -132,6 +131,37 @@ class Preprocessor:
             phrase=phrase,
             meta=meta,
         )
+
+
+def follow_box(
+    objects: list[tuple[Sequence[float], Any]],
+    before: Sequence[float],
+    after: Sequence[float],
+    flipped: bool,
+    visible: np.ndarray,
+) -> list[tuple[list[float], Any]]:
+    """``objects`` (xyxy, category) moved by the axis-aligned map (scale, shift, horizontal
+    flip) that took the box ``before`` to ``after``, clipped to the visible pixels
+    (``visible``: (S, S) bool mask of the augmented image); objects whose centre is no
+    longer visible are dropped."""
+    if not objects:
+        return []
+    sx = (after[2] - after[0]) / max(before[2] - before[0], 1e-9)
+    sy = (after[3] - after[1]) / max(before[3] - before[1], 1e-9)
+    rows, cols = np.nonzero(visible.any(axis=1))[0], np.nonzero(visible.any(axis=0))[0]
+    if len(rows) == 0:
+        return []
+    left, right, top, bottom = float(cols[0]), float(cols[-1] + 1), float(rows[0]), float(rows[-1] + 1)
+    moved = []
+    for (x0, y0, x1, y1), category in objects:
+        if flipped:
+            x0, x1 = after[2] - sx * (x1 - before[0]), after[2] - sx * (x0 - before[0])
+        else:
+            x0, x1 = after[0] + sx * (x0 - before[0]), after[0] + sx * (x1 - before[0])
+        y0, y1 = after[1] + sy * (y0 - before[1]), after[1] + sy * (y1 - before[1])
+        if left <= (x0 + x1) / 2 < right and top <= (y0 + y1) / 2 < bottom:
+            moved.append(([max(x0, left), max(y0, top), min(x1, right), min(y1, bottom)], category))
+    return moved
 
 
 def _clip(box: Sequence[float], width: int, height: int) -> list[float]:

@@ -55,11 +55,7 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
     if missing:
         raise DataFormatError(f"{where}: missing field(s) {', '.join(missing)}")
     bbox = raw["bbox"]
-    if (
-        not isinstance(bbox, (list, tuple))
-        or len(bbox) != 4
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
-    ):
+    if not _is_box(bbox):
         raise DataFormatError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise DataFormatError(f"{where}: bbox has non-positive width or height: {bbox!r}")
@@ -77,6 +73,7 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
         value = raw.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise DataFormatError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    _check_objects(raw.get("objects"), where)
     try:
         relpath = _image_relpath(dataset, raw)
     except (KeyError, TypeError, ValueError) as err:
@@ -97,6 +94,27 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
         split=split,
         extra={k: v for k, v in raw.items() if k not in known},
     )
+
+
+def _is_box(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _check_objects(objects: Any, where: str) -> None:
+    """The optional ``objects`` field (every object of the image, SynthRef): a list of JSON
+    objects, each with a ``bbox`` of 4 numbers [x, y, w, h]."""
+    if objects is None:
+        return
+    if not isinstance(objects, list):
+        raise DataFormatError(f"{where}: 'objects' must be a list of objects, got {type(objects).__name__}")
+    for k, obj in enumerate(objects):
+        if not isinstance(obj, dict) or not _is_box(obj.get("bbox")):
+            shown = obj.get("bbox") if isinstance(obj, dict) else obj
+            raise DataFormatError(f"{where}: objects[{k}] needs a 'bbox' of 4 numbers [x, y, w, h], got {shown!r}")
 
 
 def read_split_names(path: Path) -> list[str]:

@@ -39,8 +39,10 @@ def pretrain_stem(model: SimVG, train_set: GroundingDataset, config: Config, dev
     """Train ``model.encoder.stem`` for ``config.train.stem_pretrain_steps`` batches of
     ``train.batch_size`` training images (AdamW at ``train.stem_pretrain_lr``, the run's mixed
     precision). Needs a hybrid encoder and a training set that carries every object
-    (``GroundingDataset(scene_objects=True)``). Deterministic for a given ``train.seed``: every
-    process of a distributed run computes the same stem."""
+    (``GroundingDataset(scene_objects=True)``). The batches and the classifier depend only on
+    ``train.seed``; in a distributed run every process trains its own copy on the same batches
+    and DDP then starts all of them from rank 0's weights. The pre-phase is not counted against
+    ``train.max_minutes`` (that budget is the grounding run's)."""
     steps = config.train.stem_pretrain_steps
     stem = getattr(model.encoder, "stem", None)
     if stem is None:
@@ -56,8 +58,10 @@ def pretrain_stem(model: SimVG, train_set: GroundingDataset, config: Config, dev
             f"'{config.data.dataset}' does; set it to 0"
         )
     generator = torch.Generator().manual_seed(config.train.seed + 2)
-    category = CategoryLoss(stem.out_channels, categories)
-    with torch.no_grad():  # its own generator: the run's global random state stays as it was
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        # The throw-away classifier is drawn from its own generator, and building it does not
+        # advance the run's global random state.
+        category = CategoryLoss(stem.out_channels, categories)
         bound = 1 / stem.out_channels**0.5
         category.classifier.weight.uniform_(-bound, bound, generator=generator)
         category.classifier.bias.zero_()

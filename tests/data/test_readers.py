@@ -79,6 +79,9 @@ def test_unknown_split_lists_splits(simvg_root):
         ({"expressions": ["  "]}, "expressions must be a non-empty list"),
         ({"width": 0}, "'width' must be a positive integer"),
         ({"expression_types": ["a", "b", "c"]}, "parallel"),
+        ({"objects": {"bbox": [1, 2, 3, 4]}}, "'objects' must be a list"),
+        ({"objects": [{"bbox": [1, 2, 3, 4]}, {"bbox": "1 2 3 4"}]}, "objects[1] needs a 'bbox' of 4 numbers"),
+        ({"objects": [[1, 2, 3, 4]]}, "objects[0] needs a 'bbox'"),
     ],
 )
 def test_malformed_record_names_its_id_and_file(simvg_root, change, message):

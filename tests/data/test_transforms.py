@@ -139,3 +139,32 @@ def test_scene_objects_go_through_the_same_geometry_as_the_target(tokenizer):
     assert (target, other) == ("target", "other")
     assert (tx, ty) == pytest.approx(tuple(sample.target[:2].tolist()), abs=1e-4)
     assert ox == pytest.approx(tx - 0.5, abs=0.01) and oy - ty == pytest.approx(0.2 - 0.25, abs=0.01)
+
+
+def test_a_crop_drops_the_scene_objects_it_cuts_away_and_moves_the_rest_with_the_target(tokenizer):
+    image = scene(200, 100, (10, 40, 30, 60))
+    # Original pixels: target (10, 40, 30, 60), "far" (100, 20, 140, 60), "near" (35, 45, 45, 55).
+    objects = [((10, 40, 30, 60), "target"), ((100, 20, 140, 60), "far"), ((35, 45, 45, 55), "near")]
+    zoom = AugmentConfig(scale=[2.5, 2.5], crop=True, flip=0.0, color=0.0)
+    pre = Preprocessor(tokenizer, image_size=100, max_text_length=20, augment=zoom)
+    seen = {"far": set(), "near": set()}
+    for seed in range(8):
+        sample = pre(image, "the square", (10, 40, 30, 60), seed=seed, scene_objects=objects)
+        tx, ty, tw = sample.target[:3].tolist()
+        per_pixel = tw / 20  # normalised units per original pixel, from the target's own size
+        rows = sample.pixel_mask.any(1).nonzero()[:, 0].tolist()
+        cols = sample.pixel_mask.any(0).nonzero()[:, 0].tolist()
+        left, right, top, bottom = cols[0] / 100, (cols[-1] + 1) / 100, rows[0] / 100, (rows[-1] + 1) / 100
+        found = {category: (x, y) for x, y, category in sample.meta["objects"]}
+        assert found["target"] == pytest.approx((tx, ty), abs=1e-4)
+        for name, (x0, y0, x1, y1) in {"far": (100, 20, 140, 60), "near": (35, 45, 45, 55)}.items():
+            # Where the object lands, in the augmented image's normalised units.
+            x0, x1 = (tx + per_pixel * (v - 20) for v in (x0, x1))
+            y0, y1 = (ty + per_pixel * (v - 50) for v in (y0, y1))
+            visible = bool(left <= (x0 + x1) / 2 < right and top <= (y0 + y1) / 2 < bottom)
+            seen[name].add(visible)
+            assert (name in found) == visible, (seed, name)
+            if visible:  # the part outside the crop is cut off
+                x0, y0, x1, y1 = max(x0, left), max(y0, top), min(x1, right), min(y1, bottom)
+                assert found[name] == pytest.approx(((x0 + x1) / 2, (y0 + y1) / 2), abs=0.01)
+    assert seen["far"] == {True, False}  # some crops cut it away, others keep it

@@ -25,7 +25,9 @@ def setup(synthref_root, kind="hybrid", steps=40, scene_objects=True):
 def test_the_stem_alone_learns_to_classify_every_object_deterministically(synthref_root):
     model, dataset, config, pad = setup(synthref_root)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    random_state = torch.get_rng_state()
     result = pretrain_stem(model, dataset, config, torch.device("cpu"), pad, log=False)
+    assert torch.equal(torch.get_rng_state(), random_state)  # the run's own draws are unchanged
     assert len(result.losses) == 40
     assert statistics.mean(result.losses[-5:]) < 0.8 * result.losses[0]
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
