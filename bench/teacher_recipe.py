@@ -36,6 +36,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                     "model.encoder.stem_channels=[16,32,64,128,256]", "model.encoder.stem_blocks=[0,0,1,1,1]"]),
     "position_bias": ("with a 2-D relative position bias (ALiBi-initialised) in the encoder's attention",
                       ["model.encoder.relative_position_bias=true"]),
+    "landmark_relation": ("with the landmark relation: the token branch also points at the phrase's landmark "
+                          "(loss.landmark_ref 5) and scores cells by their distance and offset from it",
+                          ["model.head.landmark_relation=true", "loss.landmark_ref=5"]),
     "no_scene": ("the previous recipe: without scene category supervision or the stem's pretraining", OLD),
     "no_category": ("the previous recipe without category supervision", NO_CATEGORY),
     "landmark_offset": ("the previous recipe with landmark offsets (weight 20) for relational phrases",

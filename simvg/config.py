@@ -107,6 +107,10 @@ class HeadConfig:
     # one runs at inference (None = the gated ensemble of all).
     token_branches: int = 1
     deploy_branch: int | None = None
+    # The token branch also points at the phrase's landmark and scores each cell by its
+    # distance and offset from it ("the shape nearest to the red square";
+    # simvg.models.heads.landmark_relation).
+    landmark_relation: bool = False
 
     def __post_init__(self) -> None:
         if self.token_branches < 1 or self.num_queries < 1:
@@ -178,6 +182,9 @@ class LossConfig:
     # Relational phrases: every fused visual token predicts the landmark's offset from its
     # cell, where the annotations name the landmark (simvg.models.landmark; 0 = off).
     landmark_offset: float = 0.0
+    # With model.head.landmark_relation: cross-entropy of the landmark pointer's attention
+    # against the landmark's centre cell, where the annotations name the landmark (0 = off).
+    landmark_ref: float = 0.0
 
 
 @dataclass

@@ -68,8 +68,12 @@ def build_auxiliary_losses(
     visual stem (hybrid); category and landmark supervision need training records that name
     their object's category / their phrases' landmarks."""
     loss = config.loss
-    if loss.word_alignment <= 0 and loss.category <= 0 and loss.scene_category <= 0 and loss.landmark_offset <= 0:
+    if (loss.word_alignment <= 0 and loss.category <= 0 and loss.scene_category <= 0 and loss.landmark_offset <= 0
+            and loss.landmark_ref <= 0):  # fmt: skip
         return None
+    if loss.landmark_ref > 0 and not config.model.head.landmark_relation:
+        raise ValueError("loss.landmark_ref trains the token branch's landmark pointer; set "
+                         "model.head.landmark_relation=true or loss.landmark_ref=0")  # fmt: skip
     visual_only = loss.word_alignment > 0 or loss.category > 0 or loss.scene_category > 0
     if visual_only and not hasattr(model.encoder, "word_embedding_matrix"):
         raise ValueError(
@@ -96,18 +100,20 @@ def build_auxiliary_losses(
                 )
             categories |= scene
         category = CategoryLoss(width, sorted(categories, key=str))
-    landmark = None
-    if loss.landmark_offset > 0:
-        if not any(r.landmark_box(i) is not None for r in train_records for i in range(len(r.expressions))):
+    for key in ("landmark_offset", "landmark_ref"):
+        if getattr(loss, key) > 0 and not any(
+            r.landmark_box(i) is not None for r in train_records for i in range(len(r.expressions))
+        ):
             raise ValueError(
-                f"loss.landmark_offset needs phrases whose annotations name a landmark (SynthRef programs), but "
-                f"no '{config.data.train_split}' record of dataset '{config.data.dataset}' has one; "
-                f"set loss.landmark_offset=0"
+                f"loss.{key} needs phrases whose annotations name a landmark (SynthRef programs), but no {where} "
+                f"has one; set loss.{key}=0"
             )
-        landmark = LandmarkOffsetLoss(width)
+    landmark = LandmarkOffsetLoss(width) if loss.landmark_offset > 0 else None
     weights = {"loss_word_alignment": loss.word_alignment, "loss_category": loss.category,
-               "loss_scene_category": loss.scene_category, "loss_landmark_offset": loss.landmark_offset}  # fmt: skip
-    return AuxiliaryLosses(word_alignment, category, weights, landmark, scene_category=loss.scene_category > 0)
+               "loss_scene_category": loss.scene_category, "loss_landmark_offset": loss.landmark_offset,
+               "loss_landmark_ref": loss.landmark_ref}  # fmt: skip
+    return AuxiliaryLosses(word_alignment, category, weights, landmark, scene_category=loss.scene_category > 0,
+                           landmark_ref=loss.landmark_ref > 0)  # fmt: skip
 
 
 def filter_expression_types(records: list[GroundingRecord], types: list[str]) -> list[GroundingRecord]:
@@ -140,7 +146,7 @@ def build_datasets(
             records = filter_expression_types(records, data.train_expression_types)
         preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
         train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
-                                     landmarks=config.loss.landmark_offset > 0,
+                                     landmarks=config.loss.landmark_offset > 0 or config.loss.landmark_ref > 0,
                                      scene_objects=config.loss.scene_category > 0 or config.train.stem_pretrain_steps > 0)  # fmt: skip
     val_set = None
     if data.val_split:

@@ -15,13 +15,15 @@ from torch import nn
 from simvg.data.dataset import Batch
 from simvg.models.category import CategoryLoss, scene_object_cells
 from simvg.models.criterion import centre_cells
-from simvg.models.landmark import LandmarkOffsetLoss
+from simvg.models.landmark import LandmarkOffsetLoss, landmark_reference_loss
 from simvg.models.word_alignment import WordAlignmentLoss
 
 
 class AuxiliaryLosses(nn.Module):
     """forward(model, outputs, batch) -> {"loss_word_alignment", "loss_category",
-    "loss_scene_category", "loss_landmark_offset"} (those configured), unweighted;
+    "loss_scene_category", "loss_landmark_offset", "loss_landmark_ref"} (those configured),
+    unweighted; ``loss_landmark_ref`` trains the token branch's landmark pointer (every ONE
+    branch's, averaged);
     ``weight_dict`` holds their weights. The scene loss (``scene_category``) reuses the
     category classifier on every object in ``meta["objects"]``."""
 
@@ -32,6 +34,7 @@ class AuxiliaryLosses(nn.Module):
         weight_dict: dict[str, float],
         landmark: LandmarkOffsetLoss | None = None,
         scene_category: bool = False,
+        landmark_ref: bool = False,
     ):
         if scene_category and category is None:
             raise ValueError("scene category supervision needs the category classifier")
@@ -40,6 +43,7 @@ class AuxiliaryLosses(nn.Module):
         self.category = category
         self.landmark = landmark
         self.scene_category = scene_category
+        self.landmark_ref = landmark_ref
         self.weight_dict = weight_dict
 
     def forward(self, model: nn.Module, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
@@ -49,6 +53,11 @@ class AuxiliaryLosses(nn.Module):
             losses["loss_landmark_offset"] = self.landmark(
                 outputs["visual_tokens"], outputs["visual_mask"], outputs["grid"], landmarks
             )
+        if self.landmark_ref:
+            landmarks = [m.get("landmark") for m in batch.meta]
+            branches = outputs["token"].get("branches") or [outputs["token"]]
+            per_branch = [landmark_reference_loss(b["landmark_logits"], outputs["grid"], landmarks) for b in branches]
+            losses["loss_landmark_ref"] = sum(per_branch) / len(per_branch)
         if self.word_alignment is None and self.category is None:
             return losses
         content = outputs["visual_content"]

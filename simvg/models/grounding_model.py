@@ -84,10 +84,11 @@ class SimVG(nn.Module):
         )
         if head.token_branches > 1:
             self.token_head: nn.Module = MultiBranchTokenHead(
-                dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window
-            )
+                dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window,
+                head.landmark_relation,
+            )  # fmt: skip
         else:
-            self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window)
+            self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation)
         self.visual_proj = nn.Linear(width, dim)
         # Finer stem features (one stage before the token grid) give the token branch's
         # per-cell boxes the detail that small objects need; only the hybrid has a stem.
@@ -187,7 +188,7 @@ class SimVG(nn.Module):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}
-        shape = (path, len(branch.box_head.layers), self.detail_proj is not None)
+        shape = (path, len(branch.box_head.layers), self.detail_proj is not None, branch.landmark_relation is not None)
         if shape not in self._fold_groups:
             self._fold_groups[shape] = parameter_groups(folded_parameter_names(*shape))
         params = parameters_at(self, self._fold_groups[shape])

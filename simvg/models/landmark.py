@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simvg.models.criterion import centre_cells
 from simvg.models.heads.token_branch import grid_centres
 
 
@@ -45,3 +46,17 @@ class LandmarkOffsetLoss(nn.Module):
         error = F.smooth_l1_loss(predicted, target, beta=0.05, reduction="none").sum(-1)
         valid = visual_mask[rows].float()
         return (error * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def landmark_reference_loss(
+    landmark_logits: torch.Tensor, grid: tuple[int, int], landmarks: list[tuple[float, float] | None]
+) -> torch.Tensor:
+    """Cross-entropy of the landmark pointer's (B, h*w) attention logits
+    (:mod:`~simvg.models.heads.landmark_relation`) against the cell holding each phrase's
+    landmark (B normalised (cx, cy) or None), averaged over the samples that have one (0 if
+    none does)."""
+    rows = [i for i, landmark in enumerate(landmarks) if landmark is not None]
+    if not rows:
+        return landmark_logits.sum() * 0.0
+    centres = torch.tensor([[*landmarks[i], 0.0, 0.0] for i in rows], dtype=torch.float32, device=landmark_logits.device)
+    return F.cross_entropy(landmark_logits[rows].float(), centre_cells(centres, grid))

@@ -56,6 +56,17 @@ def test_resumed_run_ends_with_the_same_weights(synthref_root, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 3, 4, 6, 8]
 
 
+@pytest.mark.parametrize("branches", [1, 3])
+def test_the_landmark_pointer_is_trained_where_phrases_name_a_landmark(synthref_root, tmp_path, branches):
+    relation = ["--set", "model.head.landmark_relation=true", "--set", "loss.landmark_ref=2.0",
+                "--set", f"model.head.token_branches={branches}"]  # fmt: skip
+    assert train(relation, synthref_root, tmp_path / "run") == 0
+    with (tmp_path / "run" / "train_log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert any(float(r["loss_landmark_ref"]) > 0 for r in rows)  # batches with a relational phrase
+    assert any(k.endswith("landmark_relation.coefficients.weight") for k in weights(tmp_path / "run" / "last"))
+
+
 def test_stem_pretraining_runs_once_and_a_resumed_run_still_matches(synthref_root, tmp_path, capsys):
     pretrain = ["--set", "train.stem_pretrain_steps=3"]
     assert train(pretrain, synthref_root, tmp_path / "straight") == 0

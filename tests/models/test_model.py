@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import ViltConfig, ViltModel
@@ -14,7 +16,7 @@ TINY_HEAD = HeadConfig(hidden_dim=32, tqg_layers=1, tqg_heads=2, tqg_ffn=32, dec
 def tiny_config(kind: str, **encoder) -> ModelConfig:
     base = dict(type=kind, pretrained=None, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                 stem_channels=[8, 8, 16, 16], stem_blocks=[0, 1, 0, 1], patch_size=16)  # fmt: skip
-    return ModelConfig(image_size=64, encoder=EncoderConfig(**(base | encoder)), head=TINY_HEAD)
+    return ModelConfig(image_size=64, encoder=EncoderConfig(**(base | encoder)), head=replace(TINY_HEAD))
 
 
 def inputs(batch: int = 2, size: int = 64, length: int = 5):
@@ -336,24 +338,31 @@ def test_a_model_built_under_inference_mode_still_predicts():
         assert torch.allclose(reference(*inputs())["token"]["boxes"], out["boxes"], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,branches", [("hybrid", 1), ("hybrid", 3), ("vilt", 1)])
-def test_folded_token_inference_answers_as_the_token_branch(kind, branches):
+@pytest.mark.parametrize(
+    "kind,branches,relation", [("hybrid", 1, False), ("hybrid", 3, False), ("vilt", 1, False), ("hybrid", 1, True),
+                               ("hybrid", 3, True)]
+)  # fmt: skip
+def test_folded_token_inference_answers_as_the_token_branch(kind, branches, relation):
     # Inference (eval, no autograd) folds the token branch with visual_proj and detail_proj:
     # the visual tokens are never projected, and the answer is the same.
     config = tiny_config(kind)
     config.head.token_branches, config.head.deploy_branch = branches, (1 if branches > 1 else None)
+    config.head.landmark_relation = relation
     model = build_model(config, vocab_size=30522).eval()
     heads = model.token_head.one.branches if branches > 1 else [model.token_head]
     with torch.no_grad():
         for param in model.parameters():  # away from the near-zero initial box layer and biases
             param.add_(torch.randn_like(param) * 0.05)
+        for head in heads:  # a relation that moves the answer
+            if relation:
+                head.landmark_relation.coefficients.bias.copy_(torch.tensor([-3.0, 1.0, -1.0, -2.0]))
     for _ in range(2):
         expected = model(*inputs(), use_decoder=False)["token"]  # autograd on: the branch as it is
         assert "cell_boxes" not in expected
         with torch.inference_mode():
             assert model._folded_token_branch(None) is not None
             folded = model(*inputs(), use_decoder=False)["token"]
-        for key in ("logits", "boxes", "ref_logits"):
+        for key in ("logits", "boxes", "ref_logits") + (("landmark_logits",) if relation else ()):
             assert torch.allclose(folded[key], expected[key], atol=1e-5), key
         assert (branches > 1) == ("branches" in folded)
         with torch.no_grad():  # a weight update is picked up

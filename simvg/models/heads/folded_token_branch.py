@@ -10,7 +10,9 @@ MLP's ReLUs, so products of weight matrices stand in for chains of them:
 - the 2-way score reads the attention-pooled raw visual tokens and the object token
   directly (``class_head . (proj + value . visual_proj)``);
 - the box MLP's first layer reads the answer cell's raw visual token, its stem detail and
-  the object token directly (``layer0 . (visual_proj + detail_proj + condition)``).
+  the object token directly (``layer0 . (visual_proj + detail_proj + condition)``);
+- with a landmark relation, the landmark pointer's logits fold like the attention logits,
+  and its coefficients are one more linear map of the object token.
 
 The results equal :class:`~simvg.models.heads.token_branch.TokenBranch`'s after the
 model's ``visual_proj`` and ``detail_proj`` up to float rounding (tests compare both);
@@ -26,6 +28,7 @@ from torch import nn
 
 from simvg.models.derived_weights import transposed
 from simvg.models.heads.cell_detail import gather_cell_detail
+from simvg.models.heads.landmark_relation import RELATION_FEATURES, relation_bias
 from simvg.models.heads.token_branch import TokenBranch, cell_boxes_from_deltas, gather_cells
 
 
@@ -34,8 +37,10 @@ class FoldedTokenBranch:
     """Weights of a token branch folded with the model's visual and detail projections.
 
     Matrices are stored (in, out), for ``x @ M``:
-    token_map: (D, 2 + H + W + 1) with token_bias: the object token's share of the class
-      logits, of the box MLP's first layer (H units), ``u`` (W, the visual width) and ``c``;
+    token_map: (D, 2 + H + W + 1 [+ W + 1 + F]) with token_bias: the object token's share of
+      the class logits, of the box MLP's first layer (H units), ``u`` (W, the visual width) and
+      ``c`` [, the landmark pointer's ``u`` and ``c`` and the F relation coefficients, when
+      ``relation``];
     pooled_to_class: (W, 2) the attention-pooled raw visual token's share of the class logits;
     cell_visual: (W, H) and cell_detail: (4C, H) or None, the answer cell's raw visual token's
       and stem detail's share of the box MLP's first layer;
@@ -50,6 +55,7 @@ class FoldedTokenBranch:
     cell_detail: torch.Tensor | None
     box_layers: list[tuple[torch.Tensor, torch.Tensor]]
     scale: float
+    relation: bool = False
 
     def __call__(
         self,
@@ -62,13 +68,18 @@ class FoldedTokenBranch:
         """token (B, D) object token, visual (B, N, W) the encoder's visual tokens (before the
         model's visual_proj), visual_mask (B, N) bool, stem_detail (B, C, 2h, 2w) the stem map
         the detail comes from (None without one) -> {"logits": (B, 2), "boxes": (B, 4)
-        normalised cxcywh, "ref_logits": (B, N)}."""
-        hidden = self.cell_visual.shape[1]
-        class_part, first, u, c = torch.addmm(self.token_bias, token, self.token_map).split(
-            [2, hidden, visual.shape[-1], 1], dim=-1
-        )
-        logits = torch.baddbmm(c[:, :, None], visual, u[:, :, None], alpha=self.scale, beta=self.scale)[..., 0]
-        logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+        normalised cxcywh, "ref_logits": (B, N) [, "landmark_logits": (B, N)]}."""
+        hidden, width = self.cell_visual.shape[1], visual.shape[-1]
+        sizes = [2, hidden, width, 1] + ([width, 1, RELATION_FEATURES] if self.relation else [])
+        class_part, first, u, c, *relation = torch.addmm(self.token_bias, token, self.token_map).split(sizes, dim=-1)
+        logits = self._attention_logits(visual, visual_mask, u, c)
+        extra = {}
+        if relation:
+            landmark_u, landmark_c, coefficients = relation
+            landmark_logits = self._attention_logits(visual, visual_mask, landmark_u, landmark_c)
+            bias = relation_bias(coefficients.float(), landmark_logits.softmax(dim=-1), grid)
+            logits = (logits + bias).masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+            extra = {"landmark_logits": landmark_logits}
         pooled = torch.bmm(logits.softmax(dim=-1).to(visual.dtype)[:, None], visual)[:, 0]
         class_logits = torch.addmm(class_part, pooled, self.pooled_to_class)
         peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -80,13 +91,22 @@ class FoldedTokenBranch:
         for weight, bias in self.box_layers:
             x = torch.addmm(bias, torch.relu(x), weight)
         box = cell_boxes_from_deltas(x[:, None].float(), grid, peak)
-        return {"logits": class_logits, "boxes": box[:, 0], "ref_logits": logits}
+        return {"logits": class_logits, "boxes": box[:, 0], "ref_logits": logits} | extra
+
+    def _attention_logits(
+        self, visual: torch.Tensor, visual_mask: torch.Tensor, u: torch.Tensor, c: torch.Tensor
+    ) -> torch.Tensor:
+        logits = torch.baddbmm(c[:, :, None], visual, u[:, :, None], alpha=self.scale, beta=self.scale)[..., 0]
+        return logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
 
 
-def folded_parameter_names(branch: str, box_layers: int, detail: bool) -> list[str]:
+def folded_parameter_names(branch: str, box_layers: int, detail: bool, relation: bool = False) -> list[str]:
     """What :func:`fold_token_branch` reads, named in a model holding the branch at
-    ``branch`` (a dotted module path), its ``visual_proj`` and (``detail``) ``detail_proj``."""
+    ``branch`` (a dotted module path), its ``visual_proj`` and (``detail``) ``detail_proj``;
+    ``relation``: the branch has a landmark relation."""
     linears = [f"{branch}.{name}" for name in ("proj", "query", "key", "value", "condition", "class_head")]
+    if relation:
+        linears += [f"{branch}.landmark_relation.query", f"{branch}.landmark_relation.coefficients"]
     linears += [f"{branch}.box_head.layers.{i}" for i in range(box_layers)]
     linears += ["visual_proj"] + (["detail_proj"] if detail else [])
     return [f"{linear}.{name}" for linear in linears for name in ("weight", "bias")]
@@ -114,14 +134,20 @@ def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: 
         w_dp, b_dp = f64(detail_proj)
         first_bias = first_bias + w_1 @ b_dp
         cell_detail = transposed(w_1 @ w_dp, dtype)
-    token_map = torch.cat([w_c @ w_p, w_1 @ w_cond, u_map, (w_q.T @ key_bias)[None]])
-    token_bias = torch.cat([class_bias, first_bias, u_bias, (key_bias @ b_q)[None]])
+    token_map = [w_c @ w_p, w_1 @ w_cond, u_map, (w_q.T @ key_bias)[None]]
+    token_bias = [class_bias, first_bias, u_bias, (key_bias @ b_q)[None]]
+    relation = branch.landmark_relation
+    if relation is not None:  # the landmark pointer is a second query over the same keys
+        (w_lq, b_lq), (w_rc, b_rc) = f64(relation.query), f64(relation.coefficients)
+        token_map += [w_vp.T @ w_k.T @ w_lq, (w_lq.T @ key_bias)[None], w_rc]
+        token_bias += [w_vp.T @ w_k.T @ b_lq, (key_bias @ b_lq)[None], b_rc]
     return FoldedTokenBranch(
-        token_map=transposed(token_map, dtype),
-        token_bias=token_bias.to(dtype),
+        token_map=transposed(torch.cat(token_map), dtype),
+        token_bias=torch.cat(token_bias).to(dtype),
         pooled_to_class=transposed(w_c @ w_val @ w_vp, dtype),
         cell_visual=transposed(w_1 @ w_vp, dtype),
         cell_detail=cell_detail,
         box_layers=[(transposed(layer.weight, dtype), layer.bias) for layer in branch.box_head.layers[1:]],
         scale=branch.scale,
+        relation=relation is not None,
     )

@@ -23,6 +23,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from simvg.models.heads.grid import grid_centres
+from simvg.models.heads.landmark_relation import LandmarkRelation
 from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
@@ -32,21 +34,6 @@ INITIAL_SIZE_LOGIT = -1.7
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
-
-
-def grid_centres(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
-    """(h*w, 2) normalised (x, y) centres of a row-major token grid (a cached tensor: do not
-    modify it in place)."""
-    return _grid_centres(tuple(grid), torch.device("cpu") if device is None else torch.device(device))
-
-
-@lru_cache(maxsize=32)
-@torch.inference_mode(False)  # a cached tensor may later take part in training's autograd
-def _grid_centres(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    h, w = grid
-    ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
-    xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
 # Per-cell detail features: a (B, N, D) tensor, or a function of cell indices (B, K) (None =
@@ -84,12 +71,15 @@ class TokenBranch(nn.Module):
     ``reference_window`` tokens around the attention peak, weighted by the attention within
     that window (odd; 1 = the peak's own box; 0 = weighted over the whole grid).
 
+    With ``landmark_relation`` (:mod:`~simvg.models.heads.landmark_relation`), ``ref_logits``
+    include the relation's term and ``landmark_logits`` (B, N) are returned too.
+
     ``cell_boxes`` is computed (and returned) when ``all_cells`` is true; by default in
     training, or whenever the answer reads more than the peak cell. Otherwise only the peak
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
     """
 
-    def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 1):
+    def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 1, landmark_relation: bool = False):
         super().__init__()
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
             raise ValueError(f"model.head.reference_window must be 0 or odd, got {reference_window}")
@@ -102,6 +92,7 @@ class TokenBranch(nn.Module):
         self.class_head = nn.Linear(dim, 2)
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
+        self.landmark_relation = LandmarkRelation(dim) if landmark_relation else None
         # Every cell starts by proposing a box centred on itself, of a typical object size.
         last = self.box_head.layers[-1]
         nn.init.zeros_(last.weight)
@@ -119,13 +110,19 @@ class TokenBranch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         if all_cells is None:
             all_cells = self.training or self.reference_window != 1
-        logits = torch.einsum("bd,bnd->bn", self.query(token), self.key(visual)) * self.scale
-        logits = logits.float().masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+        keys = self.key(visual)
+        logits = (torch.einsum("bd,bnd->bn", self.query(token), keys) * self.scale).float()
+        relation = {}
+        if self.landmark_relation is not None:
+            bias, landmark_logits = self.landmark_relation(token, keys, visual_mask, grid, self.scale)
+            logits = logits + bias
+            relation = {"landmark_logits": landmark_logits}
+        logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
         x = self.proj(token) + pooled
-        out = {"logits": self.class_head(x), "ref_logits": logits}
+        out = {"logits": self.class_head(x), "ref_logits": logits} | relation
         condition = self.condition(token)
         if not all_cells:  # the answer is the peak cell's box: regress that one only
             peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -188,11 +185,13 @@ class MultiBranchTokenHead(nn.Module):
         box_mlp_layers: int = 3,
         deploy_branch: int | None = None,
         reference_window: int = 1,
+        landmark_relation: bool = False,
     ):
         super().__init__()
         from distill.one import ONE
 
-        self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window), num_branches, in_features=dim)
+        self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation), num_branches,
+                       in_features=dim)  # fmt: skip
         if deploy_branch is not None and not 0 <= deploy_branch < num_branches:
             raise ValueError(f"head.deploy_branch {deploy_branch} out of range for {num_branches} token branches")
         self.deploy_branch = deploy_branch

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from simvg.config import Config, LossConfig, ModelConfig
+from simvg.engine.tasks import build_auxiliary_losses
+from simvg.models import build_model
+from simvg.models.heads.landmark_relation import relation_bias
+from simvg.models.heads.token_branch import TokenBranch
+from simvg.models.landmark import landmark_reference_loss
+from tests.models.test_model import TINY_HEAD, tiny_config
+
+GRID = (4, 4)
+
+
+def cell(row: int, col: int) -> int:
+    return row * GRID[1] + col
+
+
+def coefficients(distance=0.0, dx=0.0, dy=0.0, landmark=0.0) -> torch.Tensor:
+    return torch.tensor([[distance, dx, dy, landmark]])
+
+
+def test_the_relation_picks_the_candidate_nearest_to_or_farthest_from_the_landmark():
+    landmark = torch.zeros(1, 16)
+    landmark[0, cell(0, 0)] = 1.0  # the pointer is sure: the landmark is in the top-left cell
+    # The phrase's target words fit three objects (and the landmark, "the big shape nearest
+    # to the big square"): equal logits there, none elsewhere.
+    candidates = [cell(0, 0), cell(1, 2), cell(3, 3), cell(2, 0)]
+    logits = torch.full((1, 16), -20.0)
+    logits[0, candidates] = 0.0
+
+    def answer(weights):
+        return int((logits + relation_bias(weights, landmark, GRID)).argmax())
+
+    bias = relation_bias(coefficients(distance=1.0), landmark, GRID)
+    assert float(bias[0, cell(1, 2)]) == pytest.approx(math.sqrt(1 + 4), abs=1e-3)  # distance in cells
+    assert answer(coefficients(distance=-1.0, landmark=-10.0)) == cell(2, 0)  # nearest, not the landmark
+    assert answer(coefficients(distance=-1.0)) == cell(0, 0)  # without excluding it: the landmark
+    assert answer(coefficients(distance=1.0)) == cell(3, 3)  # farthest
+    assert answer(coefficients(dx=-1.0, landmark=-10.0)) == cell(2, 0)  # least right (x offsets 2, 3, 0)
+    assert answer(coefficients(dy=-1.0, landmark=-10.0)) == cell(1, 2)  # least below (y offsets 1, 3, 2)
+    # The landmark's position is the pointer's attention-weighted centre.
+    split = torch.zeros(1, 16)
+    split[0, cell(0, 0)] = split[0, cell(0, 2)] = 0.5
+    distances = relation_bias(coefficients(distance=1.0), split, GRID)
+    assert float(distances[0, cell(0, 1)]) == pytest.approx(0.0, abs=1e-2)
+    assert float(distances[0, cell(1, 1)]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_fresh_relation_leaves_the_answer_alone_and_its_pointer_sees_only_valid_cells():
+    torch.manual_seed(0)
+    plain, related = TokenBranch(8), TokenBranch(8, landmark_relation=True)
+    related.load_state_dict(plain.state_dict(), strict=False)
+    token, visual = torch.randn(2, 8), torch.randn(2, 16, 8)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 8:] = False
+    expected, out = plain(token, visual, mask, GRID), related(token, visual, mask, GRID)
+    assert torch.allclose(out["ref_logits"], expected["ref_logits"]) and torch.allclose(out["boxes"], expected["boxes"])
+    assert (out["landmark_logits"][0, 8:] == torch.finfo(torch.float32).min).all()
+    assert out["landmark_logits"][0, :8].abs().max() < 1e3 and "landmark_logits" not in expected
+
+
+def test_landmark_reference_loss_targets_the_landmarks_cell():
+    logits = torch.zeros(3, 16, requires_grad=True)
+    landmarks = [None, (0.6, 0.1), (0.1, 0.9)]  # cells (0, 2) and (3, 0)
+    with torch.no_grad():
+        logits[1, cell(0, 2)] = logits[2, cell(3, 0)] = 30.0
+    assert landmark_reference_loss(logits, GRID, landmarks).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        logits[2, cell(3, 0)] = 0.0
+    assert landmark_reference_loss(logits, GRID, landmarks).item() == pytest.approx(math.log(16) / 2, rel=1e-4)
+    empty = landmark_reference_loss(logits, GRID, [None, None, None])
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def test_landmark_ref_needs_the_relation_and_landmarks(synthref_root):
+    from simvg.data.readers import load_records
+    from simvg.models.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    records = load_records(synthref_root, "synthref", "train")
+    config = Config(model=ModelConfig(image_size=64, encoder=tiny_config("hybrid").encoder, head=TINY_HEAD),
+                    loss=LossConfig(landmark_ref=2.0))  # fmt: skip
+    model = build_model(config.model, len(tokenizer))
+    with pytest.raises(ValueError, match="model.head.landmark_relation"):
+        build_auxiliary_losses(model, config, tokenizer, records)
+    config.model = tiny_config("hybrid")
+    config.model.head.landmark_relation = True
+    model = build_model(config.model, len(tokenizer))
+    auxiliary = build_auxiliary_losses(model, config, tokenizer, records)
+    assert auxiliary.landmark_ref and auxiliary.weight_dict["loss_landmark_ref"] == 2.0
+    for record in records:
+        record.extra.pop("programs")
+    with pytest.raises(ValueError, match="loss.landmark_ref needs phrases whose annotations name a landmark"):
+        build_auxiliary_losses(model, config, tokenizer, records)
