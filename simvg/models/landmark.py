@@ -56,7 +56,7 @@ def landmark_reference_loss(
     landmark (B normalised (cx, cy) or None), averaged over the samples that have one (0 if
     none does)."""
     rows = [i for i, landmark in enumerate(landmarks) if landmark is not None]
-    if not rows:
-        return landmark_logits.sum() * 0.0
+    if not rows:  # a zero still tied to the graph; clamped, as masked cells hold float32's lowest value
+        return landmark_logits.clamp(-1.0, 1.0).sum() * 0.0
     centres = torch.tensor([[*landmarks[i], 0.0, 0.0] for i in rows], dtype=torch.float32, device=landmark_logits.device)
     return F.cross_entropy(landmark_logits[rows].float(), centre_cells(centres, grid))

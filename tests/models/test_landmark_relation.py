@@ -71,6 +71,9 @@ def test_landmark_reference_loss_targets_the_landmarks_cell():
     with torch.no_grad():
         logits[2, cell(3, 0)] = 0.0
     assert landmark_reference_loss(logits, GRID, landmarks).item() == pytest.approx(math.log(16) / 2, rel=1e-4)
+    with torch.no_grad():  # letterboxed images: masked cells hold float32's lowest value
+        logits[:, 13:] = torch.finfo(torch.float32).min
+    assert landmark_reference_loss(logits, GRID, landmarks).isfinite()
     empty = landmark_reference_loss(logits, GRID, [None, None, None])
     assert empty.item() == 0.0
     empty.backward()
