@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from simvg.data.dataset import Collator, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
 from simvg.engine.checkpoint import load_checkpoint
-from simvg.models.criterion import centre_cells
+from simvg.models.criterion import centre_cells, point_cells
 from simvg.models.heads.token_branch import TokenBranch
 
 FEATURES = ["distance", "x offset", "y offset", "landmark cell"]
@@ -55,7 +55,7 @@ def main() -> None:
         final, bias = token["ref_logits"], seen["bias"]
         before = final - bias
         target = centre_cells(batch.targets, grid)
-        landmark = centre_cells(torch.tensor([[*m["landmark"], 0.0, 0.0] for m in batch.meta]), grid)
+        landmark = point_cells(torch.tensor([m["landmark"] for m in batch.meta]), grid)
         for row in range(len(batch.meta)):
             name, k = relations[k], k + 1
             t = tally[name]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvg.models.criterion import centre_cells
+from simvg.models.criterion import point_cells
 
 IGNORE = -100
 
@@ -29,9 +29,9 @@ def scene_object_cells(metas: Sequence[dict], grid: tuple[int, int]) -> tuple[to
     for row, meta in enumerate(metas):
         for cx, cy, category in meta.get("objects") or []:
             rows.append(row)
-            centres.append((cx, cy, 0.0, 0.0))
+            centres.append((cx, cy))
             categories.append(category)
-    cells = centre_cells(torch.tensor(centres, dtype=torch.float32).reshape(-1, 4), grid)
+    cells = point_cells(torch.tensor(centres, dtype=torch.float32).reshape(-1, 2), grid)
     return torch.tensor(rows, dtype=torch.long), cells, categories
 
 

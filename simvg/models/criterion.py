@@ -45,13 +45,18 @@ def match_queries(logits: torch.Tensor, boxes: torch.Tensor, targets: torch.Tens
         return cost.argmin(dim=1)
 
 
+def point_cells(points: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(M,) index of the row-major grid cell holding each point; points (M, 2) normalised (x, y)."""
+    h, w = grid
+    column = (points[:, 0].clamp(0, 1 - 1e-6) * w).long()
+    row = (points[:, 1].clamp(0, 1 - 1e-6) * h).long()
+    return row * w + column
+
+
 def centre_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B,) index of the row-major grid cell holding each target's centre; targets (B, 4)
     normalised cxcywh."""
-    h, w = grid
-    column = (targets[:, 0].clamp(0, 1 - 1e-6) * w).long()
-    row = (targets[:, 1].clamp(0, 1 - 1e-6) * h).long()
-    return row * w + column
+    return point_cells(targets[:, :2], grid)
 
 
 def reference_loss(ref_logits: torch.Tensor, grid: tuple[int, int], targets: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simvg.models.criterion import centre_cells
+from simvg.models.criterion import point_cells
 from simvg.models.heads.token_branch import grid_centres
 
 
@@ -58,5 +58,5 @@ def landmark_reference_loss(
     rows = [i for i, landmark in enumerate(landmarks) if landmark is not None]
     if not rows:  # a zero still tied to the graph; clamped, as masked cells hold float32's lowest value
         return landmark_logits.clamp(-1.0, 1.0).sum() * 0.0
-    centres = torch.tensor([[*landmarks[i], 0.0, 0.0] for i in rows], dtype=torch.float32, device=landmark_logits.device)
-    return F.cross_entropy(landmark_logits[rows].float(), centre_cells(centres, grid))
+    centres = torch.tensor([landmarks[i] for i in rows], dtype=torch.float32, device=landmark_logits.device)
+    return F.cross_entropy(landmark_logits[rows].float(), point_cells(centres, grid))
