@@ -45,15 +45,14 @@ def main() -> None:
     relation = branch.landmark_relation
     seen: dict[str, torch.Tensor] = {}
     relation.register_forward_hook(lambda module, inputs, output: seen.update(
-        coefficients=module.coefficients(inputs[0]), bias=output[0]))  # fmt: skip
+        coefficients=module.coefficients(inputs[0])))  # fmt: skip
     tally: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     coefficients: dict[str, list[torch.Tensor]] = defaultdict(list)
     k = 0
     for batch in DataLoader(dataset, batch_size=64, collate_fn=Collator(tokenizer.pad_token_id)):
         out = model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask, use_decoder=False, all_cells=True)
         token, grid = out["token"], out["grid"]
-        final, bias = token["ref_logits"], seen["bias"]
-        before = final - bias
+        final, before = token["ref_logits"], token["content_logits"]
         target = centre_cells(batch.targets, grid)
         landmark = point_cells(torch.tensor([m["landmark"] for m in batch.meta]), grid)
         for row in range(len(batch.meta)):

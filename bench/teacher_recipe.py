@@ -20,37 +20,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthref_hybrid.yaml"
 # Each row changes the recipe as its overrides say. Rows measured before the current recipe
-# undo its newest parts (OLD: no scene category supervision, no stem pretraining); rows
-# without category supervision were measured before that was added, so several also set
-# loss.category=0.
-OLD = ["loss.scene_category=0", "train.stem_pretrain_steps=0"]
+# undo its newest parts (PREVIOUS: no landmark relation; OLD: nor scene category supervision
+# or stem pretraining); rows without category supervision were measured before that was
+# added, so several also set loss.category=0.
+PREVIOUS = ["model.head.landmark_relation=false"]
+OLD = [*PREVIOUS, "loss.scene_category=0", "train.stem_pretrain_steps=0"]
 NO_CATEGORY = [*OLD, "loss.category=0"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "recipe": ("the recipe: cell boxes, detail features, token_ref 5, word alignment 20, category 20, scene "
-               "category 20, the stem first trained alone for 400 batches", []),
-    "no_stem_pretrain": ("without the stem's pretraining phase", ["train.stem_pretrain_steps=0"]),
-    "native_256": ("without the stem's pretraining, 256 px input (SynthRef's own size) through a five-stage stem "
-                   "to the same 8x8 grid",
-                   ["train.stem_pretrain_steps=0", "model.image_size=256",
+               "category 20, the stem first trained alone for 400 batches, the landmark relation", []),
+    "no_landmark_relation": ("the previous recipe: without the landmark relation", PREVIOUS),
+    "landmark_relation_ref": ("the landmark relation's pointer also trained on the landmark's cell "
+                              "(loss.landmark_ref 5)", ["loss.landmark_ref=5"]),
+    "landmark_relation_ref_05": ("the same with loss.landmark_ref 0.5", ["loss.landmark_ref=0.5"]),
+    "no_stem_pretrain": ("the previous recipe without the stem's pretraining phase",
+                         [*PREVIOUS, "train.stem_pretrain_steps=0"]),
+    "native_256": ("the previous recipe without the stem's pretraining, 256 px input (SynthRef's own size) "
+                   "through a five-stage stem to the same 8x8 grid",
+                   [*PREVIOUS, "train.stem_pretrain_steps=0", "model.image_size=256",
                     "model.encoder.stem_channels=[16,32,64,128,256]", "model.encoder.stem_blocks=[0,0,1,1,1]"]),
-    "position_bias": ("with a 2-D relative position bias (ALiBi-initialised) in the encoder's attention",
-                      ["model.encoder.relative_position_bias=true"]),
-    "landmark_relation": ("with the landmark relation: the token branch also points at the phrase's landmark "
-                          "(loss.landmark_ref 5) and scores cells by their distance and offset from it",
-                          ["model.head.landmark_relation=true", "loss.landmark_ref=5"]),
-    "no_scene": ("the previous recipe: without scene category supervision or the stem's pretraining", OLD),
-    "no_category": ("the previous recipe without category supervision", NO_CATEGORY),
-    "landmark_offset": ("the previous recipe with landmark offsets (weight 20) for relational phrases",
+    "position_bias": ("the previous recipe with a 2-D relative position bias (ALiBi-initialised) in the "
+                      "encoder's attention", [*PREVIOUS, "model.encoder.relative_position_bias=true"]),
+    "no_scene": ("the older recipe: without scene category supervision or the stem's pretraining", OLD),
+    "no_category": ("the older recipe without category supervision", NO_CATEGORY),
+    "landmark_offset": ("the older recipe with landmark offsets (weight 20) for relational phrases",
                         [*OLD, "loss.landmark_offset=20"]),
-    "landmark_offset_100": ("the previous recipe with landmark offsets (weight 100) for relational phrases",
+    "landmark_offset_100": ("the older recipe with landmark offsets (weight 100) for relational phrases",
                             [*OLD, "loss.landmark_offset=100"]),
-    "relative_position_bias": ("the previous recipe with a 2-D relative position bias (ALiBi-initialised) in the "
+    "relative_position_bias": ("the older recipe with a 2-D relative position bias (ALiBi-initialised) in the "
                                "encoder's attention", [*OLD, "model.encoder.relative_position_bias=true"]),
-    "word_alignment_1": ("the previous recipe without category, word alignment weight 1 (not 20)",
+    "word_alignment_1": ("the older recipe without category, word alignment weight 1 (not 20)",
                          [*NO_CATEGORY, "loss.word_alignment=1.0"]),
-    "word_alignment_50": ("the previous recipe without category, word alignment weight 50", [*NO_CATEGORY, "loss.word_alignment=50.0"]),
-    "no_decoder": ("the previous recipe without category, word alignment 1, no decoder branch (so no DWBD)",
+    "word_alignment_50": ("the older recipe without category, word alignment weight 50", [*NO_CATEGORY, "loss.word_alignment=50.0"]),
+    "no_decoder": ("the older recipe without category, word alignment 1, no decoder branch (so no DWBD)",
                    [*NO_CATEGORY, "loss.word_alignment=1.0", "model.head.use_decoder=false"]),
 }
 

@@ -107,9 +107,9 @@ class HeadConfig:
     # one runs at inference (None = the gated ensemble of all).
     token_branches: int = 1
     deploy_branch: int | None = None
-    # The token branch also points at the phrase's landmark and scores each cell by its
-    # distance and offset from it ("the shape nearest to the red square";
-    # simvg.models.heads.landmark_relation).
+    # The token branch also points at the phrase's landmark and scores the cells its own
+    # attention finds plausible by their distance and offset from it ("the shape nearest to
+    # the red square"; simvg.models.heads.landmark_relation).
     landmark_relation: bool = False
 
     def __post_init__(self) -> None:
@@ -183,7 +183,8 @@ class LossConfig:
     # cell, where the annotations name the landmark (simvg.models.landmark; 0 = off).
     landmark_offset: float = 0.0
     # With model.head.landmark_relation: cross-entropy of the landmark pointer's attention
-    # against the landmark's centre cell, where the annotations name the landmark (0 = off).
+    # against the landmark's centre cell, where the annotations name the landmark (0 = off;
+    # the pointer then learns from the grounding loss alone, which the default teacher does).
     landmark_ref: float = 0.0
 
 

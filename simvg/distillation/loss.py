@@ -159,7 +159,8 @@ class DistillationLoss(nn.Module):
             losses["loss_self_l1"] = sum(p[0] for p in pulls)
             losses["loss_self_giou"] = sum(p[1] for p in pulls)
         if self.config.loss.token_ref > 0:
-            losses["loss_tok_ref"] = sum(reference_loss(h["ref_logits"], out["grid"], targets) for h in heads)
+            losses["loss_tok_ref"] = sum(reference_loss(h["ref_logits"], out["grid"], targets, h.get("content_logits"))
+                                         for h in heads)  # fmt: skip
         if self.auxiliary is not None:
             losses |= self.auxiliary(self.student, out, batch)
         weights = self.weight_dict

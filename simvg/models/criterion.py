@@ -59,10 +59,28 @@ def centre_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return point_cells(targets[:, :2], grid)
 
 
-def reference_loss(ref_logits: torch.Tensor, grid: tuple[int, int], targets: torch.Tensor) -> torch.Tensor:
+def reference_loss(
+    ref_logits: torch.Tensor, grid: tuple[int, int], targets: torch.Tensor, content_logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy of the token branch's attention logits (B, h*w) against the token whose
-    cell holds the target box's centre (targets (B, 4) normalised cxcywh)."""
-    return F.cross_entropy(ref_logits.float(), centre_cells(targets, grid))
+    cell holds the target box's centre (targets (B, 4) normalised cxcywh).
+
+    With a landmark relation, ``content_logits`` (B, h*w) are the object token's own attention
+    logits and ``ref_logits`` hold float32's lowest outside the cells the relation chose among
+    (:func:`~simvg.models.heads.landmark_relation.relate_plausible`): the loss is the content
+    logits' cross-entropy, plus that of ``ref_logits`` over the samples whose target cell is
+    among them, weighted by their share of the batch."""
+    cells = centre_cells(targets, grid)
+    if content_logits is None:
+        return F.cross_entropy(ref_logits.float(), cells)
+    loss = F.cross_entropy(content_logits.float(), cells)
+    final = ref_logits.float()
+    # Left-out cells hold float32's lowest (a ONE ensemble: a gated share of it); real logits
+    # never come near -1e9.
+    reachable = final.gather(1, cells[:, None])[:, 0] > -1e9
+    if reachable.any():
+        loss = loss + F.cross_entropy(final[reachable], cells[reachable]) * reachable.float().mean()
+    return loss
 
 
 def positive_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -163,7 +181,7 @@ class GroundingCriterion(nn.Module):
                 }
                 stats["dwbd_weight"] = balance
         if self.config.token_ref > 0:
-            losses["loss_tok_ref"] = reference_loss(token["ref_logits"], outputs["grid"], targets)
+            losses["loss_tok_ref"] = reference_loss(token["ref_logits"], outputs["grid"], targets, token.get("content_logits"))
         scale = 1.0 - balance if (self.config.dwbd and decoder is not None) else 1.0
         losses |= {"loss_tok_ce": token_ce * scale, "loss_tok_l1": token_l1 * scale, "loss_tok_giou": token_giou * scale}
         return losses, stats

@@ -6,7 +6,8 @@ import torch
 from simvg.config import Config, LossConfig, ModelConfig
 from simvg.engine.tasks import build_auxiliary_losses
 from simvg.models import build_model
-from simvg.models.heads.landmark_relation import relation_bias
+from simvg.models.criterion import reference_loss
+from simvg.models.heads.landmark_relation import PLAUSIBLE_MARGIN, relate_plausible, relation_bias
 from simvg.models.heads.token_branch import TokenBranch
 from simvg.models.landmark import landmark_reference_loss
 from tests.models.test_model import TINY_HEAD, tiny_config
@@ -99,3 +100,47 @@ def test_landmark_ref_needs_the_relation_and_landmarks(synthref_root):
         record.extra.pop("programs")
     with pytest.raises(ValueError, match="loss.landmark_ref needs phrases whose annotations name a landmark"):
         build_auxiliary_losses(model, config, tokenizer, records)
+
+
+def test_the_relation_only_chooses_among_the_cells_the_phrase_itself_finds_plausible():
+    landmark = torch.zeros(1, 16)
+    landmark[0, cell(0, 0)] = 1.0
+    # "the circle nearest to the square": two circles the phrase's own attention finds alike;
+    # a triangle right next to the landmark it rules out; padding at float32's lowest.
+    content = torch.full((1, 16), -20.0)
+    content[0, [cell(1, 2), cell(3, 3)]] = 0.0
+    content[0, cell(0, 1)] = -PLAUSIBLE_MARGIN - 0.5
+    content[0, cell(3, 2)] = torch.finfo(torch.float32).min
+    nearest = relation_bias(coefficients(distance=-5.0), landmark, GRID)
+    assert int((content + nearest).argmax()) == cell(0, 1)  # added everywhere: the triangle
+    final = relate_plausible(content, nearest)
+    assert int(final.argmax()) == cell(1, 2)  # the nearer circle
+    assert (final[0, [cell(1, 2), cell(3, 3)]] == (content + nearest)[0, [cell(1, 2), cell(3, 3)]]).all()
+    left_out = torch.ones(16, dtype=torch.bool)
+    left_out[[cell(1, 2), cell(3, 3)]] = False
+    assert (final[0, left_out] == torch.finfo(torch.float32).min).all()
+    # However strong the term, the best cell of the phrase's own attention stays in.
+    content[0, cell(1, 2)] = 1.0
+    assert int(relate_plausible(content, relation_bias(coefficients(distance=50.0), landmark, GRID)).argmax()) == cell(3, 3)
+    alone = torch.full((1, 16), -20.0)
+    alone[0, cell(2, 2)] = 0.0
+    assert int(relate_plausible(alone, nearest).argmax()) == cell(2, 2)
+
+
+def test_with_a_relation_the_reference_loss_trains_the_phrases_own_attention_too():
+    grid, targets = GRID, torch.tensor([[0.6, 0.1, 0.1, 0.1], [0.1, 0.9, 0.1, 0.1]])  # cells (0, 2), (3, 0)
+    content = torch.zeros(2, 16, requires_grad=True)
+    final = torch.full((2, 16), torch.finfo(torch.float32).min)
+    final[0, [cell(0, 2), cell(1, 1)]] = torch.tensor([2.0, 0.0])  # sample 0: its target is reachable
+    final[1, cell(1, 1)] = 0.0  # sample 1: not
+    loss = reference_loss(final, grid, targets, content)
+    reachable = -torch.log(torch.tensor(2.0).exp() / (torch.tensor(2.0).exp() + 1))
+    assert loss.item() == pytest.approx(math.log(16) + reachable.item() / 2, rel=1e-5)
+    loss.backward()
+    assert content.grad.abs().sum() > 0  # the phrase's own attention gets its own loss
+    # A ONE ensemble's left-out cells hold a gated share of float32's lowest: still left out.
+    final[1] = torch.finfo(torch.float32).min * 0.3
+    final[1, cell(1, 1)] = 0.0
+    assert reference_loss(final, grid, targets, content).isfinite()
+    # Without a relation: the plain cross-entropy.
+    assert reference_loss(content, grid, targets).item() == pytest.approx(math.log(16), rel=1e-5)

@@ -362,7 +362,7 @@ def test_folded_token_inference_answers_as_the_token_branch(kind, branches, rela
         with torch.inference_mode():
             assert model._folded_token_branch(None) is not None
             folded = model(*inputs(), use_decoder=False)["token"]
-        for key in ("logits", "boxes", "ref_logits") + (("landmark_logits",) if relation else ()):
+        for key in ("logits", "boxes", "ref_logits") + (("landmark_logits", "content_logits") if relation else ()):
             assert torch.allclose(folded[key], expected[key], atol=1e-5), key
         assert (branches > 1) == ("branches" in folded)
         with torch.no_grad():  # a weight update is picked up

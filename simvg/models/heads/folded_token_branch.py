@@ -28,7 +28,7 @@ from torch import nn
 
 from simvg.models.derived_weights import transposed
 from simvg.models.heads.cell_detail import gather_cell_detail
-from simvg.models.heads.landmark_relation import RELATION_FEATURES, relation_bias
+from simvg.models.heads.landmark_relation import RELATION_FEATURES, relate_plausible, relation_bias
 from simvg.models.heads.token_branch import TokenBranch, cell_boxes_from_deltas, gather_cells
 
 
@@ -68,7 +68,7 @@ class FoldedTokenBranch:
         """token (B, D) object token, visual (B, N, W) the encoder's visual tokens (before the
         model's visual_proj), visual_mask (B, N) bool, stem_detail (B, C, 2h, 2w) the stem map
         the detail comes from (None without one) -> {"logits": (B, 2), "boxes": (B, 4)
-        normalised cxcywh, "ref_logits": (B, N) [, "landmark_logits": (B, N)]}."""
+        normalised cxcywh, "ref_logits": (B, N) [, "landmark_logits", "content_logits": (B, N)]}."""
         hidden, width = self.cell_visual.shape[1], visual.shape[-1]
         sizes = [2, hidden, width, 1] + ([width, 1, RELATION_FEATURES] if self.relation else [])
         class_part, first, u, c, *relation = torch.addmm(self.token_bias, token, self.token_map).split(sizes, dim=-1)
@@ -78,8 +78,9 @@ class FoldedTokenBranch:
             landmark_u, landmark_c, coefficients = relation
             landmark_logits = self._attention_logits(visual, visual_mask, landmark_u, landmark_c)
             bias = relation_bias(coefficients.float(), landmark_logits.softmax(dim=-1), grid)
-            logits = (logits + bias).masked_fill(~visual_mask, torch.finfo(torch.float32).min)
-            extra = {"landmark_logits": landmark_logits}
+            content_logits = logits
+            logits = relate_plausible(logits, bias)
+            extra = {"landmark_logits": landmark_logits, "content_logits": content_logits}
         pooled = torch.bmm(logits.softmax(dim=-1).to(visual.dtype)[:, None], visual)[:, 0]
         class_logits = torch.addmm(class_part, pooled, self.pooled_to_class)
         peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)

@@ -11,9 +11,16 @@ pointer is the landmark's position, and the object token's attention logits over
 get a term linear in each cell's geometry relative to it (distance, x and y offset, in
 cells, and the pointer's own weight on the cell), with coefficients read from the object
 token (so "nearest", "farthest", "left of" each weigh them their own way, and phrases
-without a landmark can ignore them). The pointer can be trained directly where the
-annotations name the landmark (``loss.landmark_ref``, SynthRef's programs), and otherwise
-learns from the grounding loss alone.
+without a landmark can ignore them). The pointer learns from the grounding loss alone; it can
+also be trained directly where the annotations name the landmark (``loss.landmark_ref``,
+SynthRef's programs), but on the default teacher that cost accuracy (README).
+
+The term only chooses among the cells the object token's own attention already finds
+plausible (:func:`relate_plausible`), and that attention keeps its own loss (the criterion's
+``loss_tok_ref``): added everywhere, the term learned to answer with whatever object lay in the
+right place, and the phrase's own attention stopped telling the objects that fit its words
+from the others ("the circle left of the square" answered with an unrelated object three times
+in ten).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from simvg.models.heads.grid import grid_centres
 
 # distance, x offset, y offset (cells), the pointer's weight on the cell (times grid width)
 RELATION_FEATURES = 4
+# The relation's term reaches the cells whose own attention logit is within this of the row's
+# best: exp(-3) = 5% of the best cell's attention.
+PLAUSIBLE_MARGIN = 3.0
 
 
 class LandmarkRelation(nn.Module):
@@ -65,3 +75,13 @@ def relation_bias(coefficients: torch.Tensor, landmark: torch.Tensor, grid: tupl
     distance = (offset.square().sum(dim=-1) + 1e-6).sqrt()
     features = torch.cat([distance[..., None], offset, landmark[..., None] * w], dim=-1)  # (B, N, F)
     return torch.einsum("bnf,bf->bn", features, coefficients)
+
+
+def relate_plausible(content: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """content (B, N) the object token's own attention logits (masked cells at float32's lowest),
+    bias (B, N) the relation's term -> (B, N) the answer's logits: content + bias on the cells
+    whose content logit is within :data:`PLAUSIBLE_MARGIN` of the row's best, float32's lowest
+    elsewhere (the best cell always stays). Which cells are plausible carries no gradient."""
+    with torch.no_grad():
+        plausible = content >= content.amax(dim=-1, keepdim=True) - PLAUSIBLE_MARGIN
+    return (content + bias).masked_fill(~plausible, torch.finfo(torch.float32).min)

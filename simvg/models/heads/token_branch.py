@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from simvg.models.heads.grid import grid_centres
-from simvg.models.heads.landmark_relation import LandmarkRelation
+from simvg.models.heads.landmark_relation import LandmarkRelation, relate_plausible
 from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
@@ -72,7 +72,9 @@ class TokenBranch(nn.Module):
     that window (odd; 1 = the peak's own box; 0 = weighted over the whole grid).
 
     With ``landmark_relation`` (:mod:`~simvg.models.heads.landmark_relation`), ``ref_logits``
-    include the relation's term and ``landmark_logits`` (B, N) are returned too.
+    add the relation's term on the plausible cells (float32's lowest elsewhere), and
+    ``landmark_logits`` (B, N) (the pointer's) and ``content_logits`` (B, N) (the object
+    token's own attention logits, without the term) are returned too.
 
     ``cell_boxes`` is computed (and returned) when ``all_cells`` is true; by default in
     training, or whenever the answer reads more than the peak cell. Otherwise only the peak
@@ -115,8 +117,9 @@ class TokenBranch(nn.Module):
         relation = {}
         if self.landmark_relation is not None:
             bias, landmark_logits = self.landmark_relation(token, keys, visual_mask, grid, self.scale)
-            logits = logits + bias
-            relation = {"landmark_logits": landmark_logits}
+            content_logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+            logits = relate_plausible(content_logits, bias)
+            relation = {"landmark_logits": landmark_logits, "content_logits": content_logits}
         logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         attention = logits.softmax(dim=-1)
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
