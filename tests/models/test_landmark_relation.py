@@ -119,9 +119,10 @@ def test_the_relation_only_chooses_among_the_cells_the_phrase_itself_finds_plaus
     left_out = torch.ones(16, dtype=torch.bool)
     left_out[[cell(1, 2), cell(3, 3)]] = False
     assert (final[0, left_out] == torch.finfo(torch.float32).min).all()
-    # However strong the term, the best cell of the phrase's own attention stays in.
+    # Among the plausible cells the term decides, even against the phrase's own preference ...
     content[0, cell(1, 2)] = 1.0
     assert int(relate_plausible(content, relation_bias(coefficients(distance=50.0), landmark, GRID)).argmax()) == cell(3, 3)
+    # ... and the best cell of the phrase's own attention always stays in, however the term scores it.
     alone = torch.full((1, 16), -20.0)
     alone[0, cell(2, 2)] = 0.0
     assert int(relate_plausible(alone, nearest).argmax()) == cell(2, 2)
