@@ -15,7 +15,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from distill.losses import box_distillation_loss
 from simvg.config import LossConfig
-from simvg.models.heads.token_branch import grid_centres
+from simvg.models.heads.grid import grid_centres
 
 OBJECT, NO_OBJECT = 0, 1
 

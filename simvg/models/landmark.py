@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simvg.models.criterion import point_cells
-from simvg.models.heads.token_branch import grid_centres
+from simvg.models.heads.grid import grid_centres
 
 
 class LandmarkOffsetLoss(nn.Module):

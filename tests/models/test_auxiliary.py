@@ -118,7 +118,7 @@ def test_auxiliary_losses_are_built_as_configured_with_clear_errors(synthref_roo
 
 
 def test_landmark_offset_loss_targets_each_valid_cells_offset_to_the_landmark():
-    from simvg.models.heads.token_branch import grid_centres
+    from simvg.models.heads.grid import grid_centres
     from simvg.models.landmark import LandmarkOffsetLoss
 
     loss_fn = LandmarkOffsetLoss(4)

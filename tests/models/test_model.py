@@ -194,7 +194,8 @@ def test_configured_dropout_replaces_the_pretrained_checkpoints():
 
 
 def test_token_box_comes_from_the_cells_at_the_attention_peak_not_between_objects():
-    from simvg.models.heads.token_branch import TokenBranch, grid_centres, local_soft_argmax
+    from simvg.models.heads.grid import grid_centres
+    from simvg.models.heads.token_branch import TokenBranch, local_soft_argmax
 
     grid = (8, 8)
     logits = torch.full((1, 64), -10.0)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from simvg.models.heads.grid import grid_centres
 from simvg.models.heads.mlp import MLP
-from simvg.models.heads.token_branch import grid_centres, inverse_sigmoid
+from simvg.models.heads.token_branch import inverse_sigmoid
 
 
 class DecoderLayer(nn.Module):

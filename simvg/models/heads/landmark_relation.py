@@ -1,5 +1,5 @@
-"""Landmark relation: the token branch also points at the phrase's landmark, and scores every
-cell by where it lies relative to it.
+"""Landmark relation: the token branch also points at the phrase's landmark, and scores the
+cells its own attention finds plausible by where they lie relative to it.
 
 "The big shape nearest to the large cyan square": the referred object is the candidate whose
 distance to the landmark is smallest. Picking it needs each candidate's distance to the
@@ -39,8 +39,9 @@ PLAUSIBLE_MARGIN = 3.0
 
 class LandmarkRelation(nn.Module):
     """forward(token (B, D), keys (B, N, D), visual_mask (B, N) bool, grid (h, w), scale) ->
-    (bias (B, N) float32 to add to the object token's attention logits, landmark_logits
-    (B, N) float32: the pointer's attention logits over the cells, masked like the keys)."""
+    (bias (B, N) float32, the relation's term for the object token's attention logits (see
+    :func:`relate_plausible`), landmark_logits (B, N) float32: the pointer's attention logits
+    over the cells, masked like the keys)."""
 
     def __init__(self, dim: int):
         super().__init__()

@@ -114,13 +114,12 @@ class TokenBranch(nn.Module):
             all_cells = self.training or self.reference_window != 1
         keys = self.key(visual)
         logits = (torch.einsum("bd,bnd->bn", self.query(token), keys) * self.scale).float()
+        logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         relation = {}
         if self.landmark_relation is not None:
             bias, landmark_logits = self.landmark_relation(token, keys, visual_mask, grid, self.scale)
-            content_logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
-            logits = relate_plausible(content_logits, bias)
-            relation = {"landmark_logits": landmark_logits, "content_logits": content_logits}
-        logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
+            relation = {"landmark_logits": landmark_logits, "content_logits": logits}
+            logits = relate_plausible(logits, bias)
         attention = logits.softmax(dim=-1)
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
