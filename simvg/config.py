@@ -84,6 +84,9 @@ class EncoderConfig:
             raise ValueError(f"model.encoder.relative_position_bias needs the hybrid encoder, not '{self.type}'")
 
 
+LANDMARK_POINTERS = ("token", "words")
+
+
 @dataclass
 class HeadConfig:
     """SimVG's head: text-guided query generation, token branch, decoder branch."""
@@ -111,10 +114,18 @@ class HeadConfig:
     # attention finds plausible by their distance and offset from it ("the shape nearest to
     # the red square"; simvg.models.heads.landmark_relation).
     landmark_relation: bool = False
+    # What the landmark pointer's query is read from: "token", the object token (the encoder's
+    # fused view of the phrase); "words", the phrase's input embeddings read by a small
+    # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
+    # the landmark: README "The default teacher").
+    landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:
         if self.token_branches < 1 or self.num_queries < 1:
             raise ConfigError("model.head.token_branches and model.head.num_queries must be >= 1")
+        if self.landmark_pointer not in LANDMARK_POINTERS:
+            raise ConfigError(f"model.head.landmark_pointer must be one of {', '.join(LANDMARK_POINTERS)}, "
+                              f"got {self.landmark_pointer!r}")  # fmt: skip
 
 
 @dataclass
@@ -184,7 +195,7 @@ class LossConfig:
     landmark_offset: float = 0.0
     # With model.head.landmark_relation: cross-entropy of the landmark pointer's attention
     # against the landmark's centre cell, where the annotations name the landmark (0 = off;
-    # the pointer then learns from the grounding loss alone, which the default teacher does).
+    # the pointer then learns from the grounding loss alone).
     landmark_ref: float = 0.0
 
 
@@ -196,6 +207,9 @@ class TrainConfig:
     lr: float = 5e-4
     encoder_lr_mult: float = 0.1
     stem_lr_mult: float = 1.0
+    # A "words" landmark pointer (model.head.landmark_pointer) learns on its own (its inputs are
+    # detached) from the relational phrases only, a fraction of each batch: it can take larger steps.
+    landmark_pointer_lr_mult: float = 1.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-9

@@ -17,10 +17,12 @@ FRESH_ENCODER_PARTS = ("stem.", "visual_proj.", "content_norm.", "visual_pos", "
 
 
 def parameter_group_name(name: str) -> str:
-    """"head", "encoder" (pretrained) or "fresh" for a parameter name such as
-    ``model.encoder.layers.0.attention...``; the first ``encoder`` component marks the encoder,
-    whatever wraps the model (a loss module, a distillation module, DDP)."""
+    """"head", "encoder" (pretrained), "fresh" or "landmark_pointer" for a parameter name such
+    as ``model.encoder.layers.0.attention...``; the first ``encoder`` component marks the
+    encoder, whatever wraps the model (a loss module, a distillation module, DDP)."""
     parts = name.split(".")
+    if "landmark_relation" in parts and "pointer" in parts:
+        return "landmark_pointer"
     if "encoder" not in parts:
         return "head"
     inside = ".".join(parts[parts.index("encoder") + 1 :])
@@ -28,11 +30,12 @@ def parameter_group_name(name: str) -> str:
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    groups: dict[str, list[nn.Parameter]] = {"head": [], "encoder": [], "fresh": []}
+    groups: dict[str, list[nn.Parameter]] = {"head": [], "encoder": [], "fresh": [], "landmark_pointer": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups[parameter_group_name(name)].append(param)
-    mult = {"head": 1.0, "encoder": config.encoder_lr_mult, "fresh": config.stem_lr_mult}
+    mult = {"head": 1.0, "encoder": config.encoder_lr_mult, "fresh": config.stem_lr_mult,
+            "landmark_pointer": config.landmark_pointer_lr_mult}  # fmt: skip
     return [
         {"params": params, "lr": config.lr * mult[name], "name": name}
         for name, params in groups.items()

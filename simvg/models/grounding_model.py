@@ -85,10 +85,11 @@ class SimVG(nn.Module):
         if head.token_branches > 1:
             self.token_head: nn.Module = MultiBranchTokenHead(
                 dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window,
-                head.landmark_relation,
+                head.landmark_relation, head.landmark_pointer, width,
             )  # fmt: skip
         else:
-            self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation)
+            self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation,
+                                          head.landmark_pointer, width)  # fmt: skip
         self.visual_proj = nn.Linear(width, dim)
         # Finer stem features (one stage before the token grid) give the token branch's
         # per-cell boxes the detail that small objects need; only the hybrid has a stem.
@@ -140,10 +141,11 @@ class SimVG(nn.Module):
         if run_decoder and self.decoder_branch is None:
             raise ValueError("this model has no decoder branch (head.use_decoder is false); use the token branch")
         visual = None
+        words = (encoded.text_embeddings, encoded.text_mask) if encoded.text_embeddings is not None else None
         folded = self._folded_token_branch(all_cells)
         if folded is not None:
             stem_detail = encoded.stem_features[-2] if self.detail_proj is not None else None
-            token = folded(object_token, encoded.visual_tokens, encoded.visual_mask, encoded.grid, stem_detail)
+            token = folded(object_token, encoded.visual_tokens, encoded.visual_mask, encoded.grid, stem_detail, words)
             if isinstance(self.token_head, MultiBranchTokenHead):
                 token = {**token, "branches": [token], "gate": None}
         else:
@@ -151,7 +153,7 @@ class SimVG(nn.Module):
             detail = None
             if self.detail_proj is not None:
                 detail = ProjectedCellDetail(encoded.stem_features[-2], encoded.grid, self.detail_proj)
-            token = self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells)
+            token = self.token_head(object_token, visual, encoded.visual_mask, encoded.grid, detail, all_cells, words)
         out: dict = {
             "token": token,
             "object_token": object_token,
@@ -188,7 +190,9 @@ class SimVG(nn.Module):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}
-        shape = (path, len(branch.box_head.layers), self.detail_proj is not None, branch.landmark_relation is not None)
+        relation = branch.landmark_relation
+        pointer = None if relation is None else "token" if relation.pointer is None else "words"
+        shape = (path, len(branch.box_head.layers), self.detail_proj is not None, pointer)
         if shape not in self._fold_groups:
             self._fold_groups[shape] = parameter_groups(folded_parameter_names(*shape))
         params = parameters_at(self, self._fold_groups[shape])

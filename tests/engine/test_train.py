@@ -56,15 +56,17 @@ def test_resumed_run_ends_with_the_same_weights(synthref_root, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 3, 4, 6, 8]
 
 
-@pytest.mark.parametrize("branches", [1, 3])
-def test_the_landmark_pointer_is_trained_where_phrases_name_a_landmark(synthref_root, tmp_path, branches):
+@pytest.mark.parametrize("branches,pointer", [(1, "token"), (3, "token"), (1, "words")])
+def test_the_landmark_pointer_is_trained_where_phrases_name_a_landmark(synthref_root, tmp_path, branches, pointer):
     relation = ["--set", "model.head.landmark_relation=true", "--set", "loss.landmark_ref=2.0",
-                "--set", f"model.head.token_branches={branches}"]  # fmt: skip
+                "--set", f"model.head.token_branches={branches}", "--set", f"model.head.landmark_pointer={pointer}"]  # fmt: skip
     assert train(relation, synthref_root, tmp_path / "run") == 0
     with (tmp_path / "run" / "train_log.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert any(float(r["loss_landmark_ref"]) > 0 for r in rows)  # batches with a relational phrase
-    assert any(k.endswith("landmark_relation.coefficients.weight") for k in weights(tmp_path / "run" / "last"))
+    saved = weights(tmp_path / "run" / "last")
+    assert any(k.endswith("landmark_relation.coefficients.weight") for k in saved)
+    assert (pointer == "words") == any(".landmark_relation.pointer.reader." in k for k in saved)
 
 
 def test_stem_pretraining_runs_once_and_a_resumed_run_still_matches(synthref_root, tmp_path, capsys):

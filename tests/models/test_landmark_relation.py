@@ -145,3 +145,69 @@ def test_with_a_relation_the_reference_loss_trains_the_phrases_own_attention_too
     assert reference_loss(final, grid, targets, content).isfinite()
     # Without a relation: the plain cross-entropy.
     assert reference_loss(content, grid, targets).item() == pytest.approx(math.log(16), rel=1e-5)
+
+
+def words_model():
+    config = tiny_config("hybrid")
+    config.head.landmark_relation, config.head.landmark_pointer = True, "words"
+    return build_model(config, vocab_size=30522)
+
+
+def test_the_words_pointer_learns_without_training_the_encoder():
+    from tests.models.test_model import inputs
+
+    model = words_model().train()
+    out = model(*inputs(), use_decoder=False)
+    out["token"]["landmark_logits"][:, :8].logsumexp(dim=-1).sum().backward()
+    pointer = model.token_head.landmark_relation.pointer
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pointer.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.visual_proj.weight.grad is None  # nor the projection before the branch
+
+
+def test_a_phrase_points_the_same_alone_and_in_a_padded_batch():
+    from tests.models.test_model import inputs
+
+    model = words_model().eval()
+    images, pixel_mask, input_ids, text_mask = inputs()  # row 1's last two tokens are padding
+    with torch.no_grad():
+        batch = model(images, pixel_mask, input_ids, text_mask, use_decoder=False)["token"]["landmark_logits"]
+        alone = model(images[1:], pixel_mask[1:], input_ids[1:, :3], text_mask[1:, :3], use_decoder=False)
+    # Padding changes the encoder's fused tokens a little (float rounding), never what the pointer reads.
+    assert torch.allclose(alone["token"]["landmark_logits"], batch[1:], atol=1e-4)
+
+
+def test_the_words_pointer_learns_which_words_name_the_landmark():
+    # "<a> of <b>": the landmark is the object named after the relation word, whichever comes first.
+    from simvg.models.heads.landmark_relation import WordsLandmarkPointer
+
+    torch.manual_seed(0)
+    names, dim = torch.randn(6, 16), 16  # six object names; word 6 is the relation word
+    embeddings = torch.cat([names, torch.randn(1, 16)])
+    objects = torch.randn(6, dim)  # what each object's visual token holds
+    pointer = WordsLandmarkPointer(16, dim, hidden=32)
+    optimiser = torch.optim.Adam(pointer.parameters(), lr=1e-2)
+
+    def sample(n):
+        pairs = torch.stack([torch.randperm(6)[:2] for _ in range(n)])  # target, landmark
+        words = embeddings[torch.stack([pairs[:, 0], torch.full((n,), 6), pairs[:, 1]], dim=1)]
+        cells = torch.stack([torch.randperm(16)[:6] for _ in range(n)])  # where each object lies
+        visual = torch.zeros(n, 16, dim)
+        visual.scatter_(1, cells[..., None].expand(-1, -1, dim), objects.expand(n, -1, -1))
+        return (words, torch.ones(n, 3, dtype=torch.bool)), visual, cells.gather(1, pairs[:, 1:])[:, 0]
+
+    for _ in range(150):
+        words, visual, landmark = sample(64)
+        loss = torch.nn.functional.cross_entropy(pointer(words, visual, 0.25), landmark)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    words, visual, landmark = sample(200)
+    assert (pointer(words, visual, 0.25).argmax(dim=-1) == landmark).float().mean() > 0.95
+
+
+def test_an_unknown_landmark_pointer_is_a_config_error():
+    from simvg.config import ConfigError, HeadConfig
+
+    with pytest.raises(ConfigError, match="model.head.landmark_pointer"):
+        HeadConfig(landmark_pointer="text")

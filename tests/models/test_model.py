@@ -340,15 +340,17 @@ def test_a_model_built_under_inference_mode_still_predicts():
 
 
 @pytest.mark.parametrize(
-    "kind,branches,relation", [("hybrid", 1, False), ("hybrid", 3, False), ("vilt", 1, False), ("hybrid", 1, True),
-                               ("hybrid", 3, True)]
+    "kind,branches,relation", [("hybrid", 1, None), ("hybrid", 3, None), ("vilt", 1, None), ("hybrid", 1, "token"),
+                               ("hybrid", 3, "token"), ("hybrid", 1, "words"), ("vilt", 1, "words"),
+                               ("hybrid", 3, "words")]
 )  # fmt: skip
 def test_folded_token_inference_answers_as_the_token_branch(kind, branches, relation):
     # Inference (eval, no autograd) folds the token branch with visual_proj and detail_proj:
     # the visual tokens are never projected, and the answer is the same.
     config = tiny_config(kind)
     config.head.token_branches, config.head.deploy_branch = branches, (1 if branches > 1 else None)
-    config.head.landmark_relation = relation
+    config.head.landmark_relation = relation is not None
+    config.head.landmark_pointer = relation or "token"
     model = build_model(config, vocab_size=30522).eval()
     heads = model.token_head.one.branches if branches > 1 else [model.token_head]
     with torch.no_grad():

@@ -27,6 +27,8 @@ class EncoderOutput:
     stem_features: feature maps of the visual stem stages (hybrid only), for distillation.
     visual_content: (B, N, D) the visual tokens' content before fusion with the text (no
         position), where the backbone has one of its own (hybrid only), for word alignment.
+    text_embeddings: (B, L, D) the phrase's input embeddings (words, positions, before any
+        layer), for heads that read the words themselves (the landmark pointer).
     """
 
     object_token: torch.Tensor
@@ -37,6 +39,7 @@ class EncoderOutput:
     text_mask: torch.Tensor
     stem_features: list[torch.Tensor]
     visual_content: torch.Tensor | None = None
+    text_embeddings: torch.Tensor | None = None
 
 
 def token_grid_mask(pixel_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

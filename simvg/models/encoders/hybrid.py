@@ -212,4 +212,5 @@ class HybridEncoder(nn.Module):
             text_mask=text_mask,
             stem_features=stem_features,
             visual_content=content,
+            text_embeddings=text,
         )

@@ -98,6 +98,7 @@ class ViltEncoder(nn.Module):
                 "(lower model.max_text_length)"
             )
         text = emb.text_embeddings(input_ids=input_ids)
+        words = text
         patches = emb.patch_embeddings(normalize_images(images))
         grid = (patches.shape[2], patches.shape[3])
         patches = patches.flatten(2).transpose(1, 2) + self._patch_positions(grid)
@@ -119,4 +120,5 @@ class ViltEncoder(nn.Module):
             text_tokens=sequence[:, :length],
             text_mask=text_mask,
             stem_features=[],
+            text_embeddings=words,
         )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from simvg.models.heads.grid import grid_centres
-from simvg.models.heads.landmark_relation import LandmarkRelation, relate_plausible
+from simvg.models.heads.landmark_relation import LandmarkRelation, Words, relate_plausible
 from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
@@ -64,7 +64,7 @@ class TokenBranch(nn.Module):
 
     forward(token (B, D), visual (B, N, D), visual_mask (B, N) bool, grid (h, w), detail
     optional finer features per cell added to the box regression's input (a :data:`Detail`),
-    all_cells). ``ref_logits`` are the object token's attention logits over the visual
+    all_cells, words the phrase's input embeddings and mask (read by a "words" landmark pointer)). ``ref_logits`` are the object token's attention logits over the visual
     tokens: which token holds the referred object's centre. ``cell_boxes`` holds one box per
     visual token, regressed from that token (conditioned on the object token) relative to its
     cell. ``boxes`` is the answer: the cell boxes in the ``reference_window`` x
@@ -81,7 +81,15 @@ class TokenBranch(nn.Module):
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
     """
 
-    def __init__(self, dim: int, box_mlp_layers: int = 3, reference_window: int = 1, landmark_relation: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        box_mlp_layers: int = 3,
+        reference_window: int = 1,
+        landmark_relation: bool = False,
+        landmark_pointer: str = "token",
+        embedding_dim: int | None = None,
+    ):
         super().__init__()
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
             raise ValueError(f"model.head.reference_window must be 0 or odd, got {reference_window}")
@@ -94,7 +102,7 @@ class TokenBranch(nn.Module):
         self.class_head = nn.Linear(dim, 2)
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
-        self.landmark_relation = LandmarkRelation(dim) if landmark_relation else None
+        self.landmark_relation = LandmarkRelation(dim, landmark_pointer, embedding_dim) if landmark_relation else None
         # Every cell starts by proposing a box centred on itself, of a typical object size.
         last = self.box_head.layers[-1]
         nn.init.zeros_(last.weight)
@@ -109,6 +117,7 @@ class TokenBranch(nn.Module):
         grid: tuple[int, int],
         detail: Detail | None = None,
         all_cells: bool | None = None,
+        words: Words | None = None,
     ) -> dict[str, torch.Tensor]:
         if all_cells is None:
             all_cells = self.training or self.reference_window != 1
@@ -117,7 +126,7 @@ class TokenBranch(nn.Module):
         logits = logits.masked_fill(~visual_mask, torch.finfo(torch.float32).min)
         relation = {}
         if self.landmark_relation is not None:
-            bias, landmark_logits = self.landmark_relation(token, keys, visual_mask, grid, self.scale)
+            bias, landmark_logits = self.landmark_relation(token, keys, visual_mask, grid, self.scale, visual, words)
             relation = {"landmark_logits": landmark_logits, "content_logits": logits}
             logits = relate_plausible(logits, bias)
         attention = logits.softmax(dim=-1)
@@ -188,12 +197,14 @@ class MultiBranchTokenHead(nn.Module):
         deploy_branch: int | None = None,
         reference_window: int = 1,
         landmark_relation: bool = False,
+        landmark_pointer: str = "token",
+        embedding_dim: int | None = None,
     ):
         super().__init__()
         from distill.one import ONE
 
-        self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation), num_branches,
-                       in_features=dim)  # fmt: skip
+        self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation, landmark_pointer,
+                                           embedding_dim), num_branches, in_features=dim)  # fmt: skip
         if deploy_branch is not None and not 0 <= deploy_branch < num_branches:
             raise ValueError(f"head.deploy_branch {deploy_branch} out of range for {num_branches} token branches")
         self.deploy_branch = deploy_branch
@@ -206,12 +217,13 @@ class MultiBranchTokenHead(nn.Module):
         grid: tuple[int, int],
         detail: Detail | None = None,
         all_cells: bool | None = None,
+        words: Words | None = None,
     ) -> dict:
         from distill.one import gated_ensemble
 
         if not self.training and self.deploy_branch is not None:
-            out = self.one.branches[self.deploy_branch](token, visual, visual_mask, grid, detail, all_cells)
+            out = self.one.branches[self.deploy_branch](token, visual, visual_mask, grid, detail, all_cells, words)
             return {**out, "branches": [out], "gate": None}
-        outputs = [branch(token, visual, visual_mask, grid, detail, all_cells) for branch in self.one.branches]
+        outputs = [branch(token, visual, visual_mask, grid, detail, all_cells, words) for branch in self.one.branches]
         gate = self.one.gate_weights(token)
         return {**gated_ensemble(gate, outputs), "branches": outputs, "gate": gate}
