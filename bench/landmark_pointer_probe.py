@@ -7,8 +7,8 @@ branch's visual tokens; reported: how often each one's peak is the landmark's ce
         [--out bench/results/landmark_pointer_probe.md]
 
 Queries: the object token (the "token" pointer's input), the encoder's fused text tokens
-pooled by a learned attention, and the phrase's input embeddings read by the "words"
-pointer's GRU (simvg.models.heads.landmark_relation.WordsLandmarkPointer).
+pooled by a learned attention or read by the "words" pointer's GRU, and the phrase's input
+embeddings read by that GRU (simvg.models.heads.landmark_relation.WordsLandmarkPointer).
 """
 
 from __future__ import annotations
@@ -76,12 +76,15 @@ class FusedTextQuery(nn.Module):
 
 
 class WordsQuery(nn.Module):
-    def __init__(self, width: int, dim: int):
+    """The words pointer, reading ``source``: the input embeddings, or (a control: does the GRU
+    alone do it?) the fused text tokens."""
+
+    def __init__(self, width: int, dim: int, source: str = "embeddings"):
         super().__init__()
-        self.pointer = WordsLandmarkPointer(width, dim)
+        self.pointer, self.source = WordsLandmarkPointer(width, dim), source
 
     def forward(self, f: dict, idx: torch.Tensor) -> torch.Tensor:
-        return self.pointer((f["embeddings"][idx], f["text_mask"][idx]), f["visual"][idx], 1 / 16)
+        return self.pointer((f[self.source][idx], f["text_mask"][idx]), f["visual"][idx], 1 / 16)
 
 
 def train_and_score(probe: nn.Module, train: dict, val: dict, epochs: int) -> torch.Tensor:
@@ -114,6 +117,7 @@ def main() -> None:
         val = relational_features(model, tokenizer, config, args.data_root, "val", 10**9)
     dim, width = train["token"].shape[-1], train["embeddings"].shape[-1]
     probes = {"the object token": TokenQuery(dim), "the fused text tokens, attention-pooled": FusedTextQuery(dim),
+              "the fused text tokens, read by the words pointer's GRU": WordsQuery(dim, dim, "fused_text"),
               "the input embeddings, read by the words pointer's GRU": WordsQuery(width, dim)}  # fmt: skip
     relations = sorted(set(val["relation"]))
     lines = [f"Fresh landmark pointers on `{args.checkpoint}`'s frozen features: trained on {len(train['landmark'])} "

@@ -208,7 +208,8 @@ class TrainConfig:
     encoder_lr_mult: float = 0.1
     stem_lr_mult: float = 1.0
     # A "words" landmark pointer (model.head.landmark_pointer) learns on its own (its inputs are
-    # detached) from the relational phrases only, a fraction of each batch: it can take larger steps.
+    # detached), its landmark supervision from the relational phrases only, a fraction of each
+    # batch: it can take larger steps.
     landmark_pointer_lr_mult: float = 1.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])

@@ -10,6 +10,10 @@ class DataFormatError(ValueError):
     """An annotation file or record that cannot be read; the message names file and record."""
 
 
+# Entries of ``GroundingRecord.extra`` that hold one item per expression (SynthRef's programs).
+PER_EXPRESSION_EXTRAS = ("programs",)
+
+
 @dataclass
 class GroundingRecord:
     """One referred object.
@@ -19,6 +23,8 @@ class GroundingRecord:
     expressions: the phrases that refer to the object (at least one).
     expression_types: optional type of each expression (SynthRef: attribute, location,
         relation, comparison), parallel to ``expressions``.
+    extra: whatever else the annotations give; the entries named in
+        :data:`PER_EXPRESSION_EXTRAS` are parallel to ``expressions`` too.
     """
 
     image_path: Path

@@ -28,7 +28,8 @@ def student_layers(teacher_layers: int, chosen: list[int] | None) -> list[int]:
 
 def student_config(teacher_config: Config, layers: list[int], base: Config) -> Config:
     """The student's Config: the teacher's model made cheaper as ``base.distill`` says, with
-    ``base``'s data, loss, training and distillation settings."""
+    ``base``'s data, loss, training and distillation settings (``loss.landmark_ref`` only
+    where the teacher has a words landmark pointer for it to supervise)."""
     config = copy.deepcopy(base)
     model = copy.deepcopy(teacher_config.model)
     d = base.distill
@@ -48,6 +49,11 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
     model.head.token_branches = d.token_branches
     model.head.deploy_branch = d.deploy_branch if d.token_branches > 1 else None
     config.model = model
+    if config.loss.landmark_ref > 0 and not (model.head.landmark_relation and model.head.landmark_pointer != "token"):
+        # The recipe supervises a words landmark pointer the student inherits; a teacher without
+        # one gives the student nothing to supervise (and an object-token pointer lost accuracy
+        # when supervised: README "The default teacher").
+        config.loss.landmark_ref = 0.0
     return config
 
 

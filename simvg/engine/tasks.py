@@ -12,7 +12,7 @@ from torch import nn
 from simvg.config import Config
 from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
-from simvg.data.records import GroundingRecord
+from simvg.data.records import PER_EXPRESSION_EXTRAS, GroundingRecord
 from simvg.engine.train import TrainingTask
 from simvg.models import GroundingCriterion, build_model
 from simvg.models.auxiliary import AuxiliaryLosses
@@ -125,9 +125,13 @@ def filter_expression_types(records: list[GroundingRecord], types: list[str]) ->
                 f"data.train_expression_types needs typed expressions, but {record.image_path} "
                 f"(ref_id {record.ref_id}) has no expression_types"
             )
-        pairs = [(e, t) for e, t in zip(record.expressions, record.expression_types) if t in types]
-        if pairs:
-            kept.append(dataclasses.replace(record, expressions=[e for e, _ in pairs], expression_types=[t for _, t in pairs]))
+        keep = [i for i, t in enumerate(record.expression_types) if t in types]
+        if keep:
+            # Per-expression annotations (SynthRef's programs, which name each phrase's landmark) follow their phrases.
+            extra = {k: ([v[i] for i in keep] if k in PER_EXPRESSION_EXTRAS and isinstance(v, list) else v)
+                     for k, v in record.extra.items()}  # fmt: skip
+            kept.append(dataclasses.replace(record, expressions=[record.expressions[i] for i in keep],
+                                            expression_types=[record.expression_types[i] for i in keep], extra=extra))  # fmt: skip
     if not kept:
         raise ValueError(f"no training expression has a type in {types}")
     return kept

@@ -155,6 +155,19 @@ def test_student_keeps_the_teachers_first_query_generator_layers():
         build_student(teacher, teacher_config, backbone, 30522, load_config(DISTILL_TINY, ["distill.query_layers=3"]))
 
 
+
+@pytest.mark.parametrize("relation,pointer,kept", [(False, "token", False), (True, "token", False), (True, "words", True)])
+def test_the_landmark_supervision_reaches_only_a_students_words_pointer(relation, pointer, kept):
+    from simvg.distillation.student import student_config
+
+    teacher_config = load_config(ROOT / "configs" / "synthref_tiny.yaml",
+                                 [f"model.head.landmark_relation={str(relation).lower()}",
+                                  f"model.head.landmark_pointer={pointer}"])  # fmt: skip
+    base = load_config(DISTILL_TINY, ["loss.landmark_ref=5"])  # as the shipped student's recipe
+    config = student_config(teacher_config, [0], base)
+    assert config.model.head.landmark_pointer == pointer
+    assert config.loss.landmark_ref == (5.0 if kept else 0.0)
+
 def test_stem_hints_fit_the_cheap_stem_to_the_teachers_stem(tiny_run, synthref_root):
     from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
     from simvg.engine.tasks import build_datasets

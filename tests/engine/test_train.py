@@ -118,3 +118,18 @@ def test_torchrun_two_cpu_processes(synthref_root, tmp_path):
 def test_bad_config_values_are_named(synthref_root, tmp_path, capsys, override, message):
     assert train(["--set", override], synthref_root, tmp_path / "run") == 2
     assert message in capsys.readouterr().err
+
+
+def test_filtering_expression_types_keeps_each_phrases_landmark(synthref_root):
+    from simvg.data.readers import load_records
+    from simvg.engine.tasks import filter_expression_types
+
+    records = [r for r in load_records(synthref_root, "synthref", "train") if len(set(r.expression_types)) > 1]
+    relational = [r for r in records if "relation" in r.expression_types]
+    assert relational, "the tiny split has records mixing relational and other phrases"
+    kept = filter_expression_types(relational, ["relation"])
+    for before, after in zip(relational, kept):
+        landmarks = [before.landmark_box(i) for i, t in enumerate(before.expression_types) if t == "relation"]
+        assert [after.landmark_box(i) for i in range(len(after.expressions))] == landmarks
+    others = filter_expression_types(records, ["attribute", "location"])
+    assert all(r.landmark_box(i) is None for r in others for i in range(len(r.expressions)))

@@ -178,7 +178,8 @@ def test_a_phrase_points_the_same_alone_and_in_a_padded_batch():
 
 
 def test_the_words_pointer_learns_which_words_name_the_landmark():
-    # "<a> of <b>": the landmark is the object named after the relation word, whichever comes first.
+    # "<a> of <b>": the landmark is <b>, the object named after the relation word; without the
+    # words' order a reader cannot tell it from <a>.
     from simvg.models.heads.landmark_relation import WordsLandmarkPointer
 
     torch.manual_seed(0)

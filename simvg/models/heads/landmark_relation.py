@@ -19,8 +19,9 @@ token, over the branch's own keys; or "words" (:class:`WordsLandmarkPointer`), t
 input embeddings read left to right by a small GRU, over keys of its own. The encoder's fused
 tokens no longer tell which words name the landmark ("the red object right of the red
 diamond"): pointers trained on the landmark's cell over a frozen teacher's outputs found it
-for 34-35% of SynthRef's relational val phrases from its object token or its fused text
-tokens, for 92% from the input embeddings through the GRU (bench/landmark_pointer_probe.py).
+for 31-34% of SynthRef's relational val phrases from its object token or its fused text
+tokens (even through the GRU), for 92% from the input embeddings through the GRU
+(bench/landmark_pointer_probe.py).
 The words pointer reads the encoder's outputs without training them: trained on the
 landmark's cell through the encoder, the "token" pointer drew the object token's own
 attention to unrelated objects.
