@@ -127,7 +127,8 @@ def filter_expression_types(records: list[GroundingRecord], types: list[str]) ->
             )
         keep = [i for i, t in enumerate(record.expression_types) if t in types]
         if keep:
-            # Per-expression annotations (SynthRef's programs, which name each phrase's landmark) follow their phrases.
+            # Per-expression annotations (SynthRef's programs, which name each phrase's
+            # landmark) follow their phrases.
             extra = {k: ([v[i] for i in keep] if k in PER_EXPRESSION_EXTRAS and isinstance(v, list) else v)
                      for k, v in record.extra.items()}  # fmt: skip
             kept.append(dataclasses.replace(record, expressions=[record.expressions[i] for i in keep],

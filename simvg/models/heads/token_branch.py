@@ -64,8 +64,9 @@ class TokenBranch(nn.Module):
 
     forward(token (B, D), visual (B, N, D), visual_mask (B, N) bool, grid (h, w), detail
     optional finer features per cell added to the box regression's input (a :data:`Detail`),
-    all_cells, words the phrase's input embeddings and mask (read by a "words" landmark pointer)). ``ref_logits`` are the object token's attention logits over the visual
-    tokens: which token holds the referred object's centre. ``cell_boxes`` holds one box per
+    all_cells, words the phrase's input embeddings and mask (read by a "words" landmark
+    pointer)). ``ref_logits`` are the object token's attention logits over the visual tokens:
+    which token holds the referred object's centre. ``cell_boxes`` holds one box per
     visual token, regressed from that token (conditioned on the object token) relative to its
     cell. ``boxes`` is the answer: the cell boxes in the ``reference_window`` x
     ``reference_window`` tokens around the attention peak, weighted by the attention within
