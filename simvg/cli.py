@@ -6,8 +6,25 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 SPLITS = ("train", "val", "testA", "testB")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +43,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML recipe, e.g. configs/synthref_hybrid.yaml")
     p.add_argument("--data-root", required=True)
     p.add_argument("--output", required=True, help="run directory (checkpoints last/ and best/, logs)")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps (the schedule length)")
+    p.add_argument("--max-steps", type=non_negative_int, help="override train.max_steps (the schedule length)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last exactly where it stopped")
-    p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (resumable)")
+    p.add_argument("--stop-after", type=positive_int, help="stop after this many steps of this invocation (resumable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
@@ -42,9 +59,9 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
                    help="teacher checkpoint directory (repeat for several teachers: TAKFL)")  # fmt: skip
     p.add_argument("--data-root", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-steps", type=non_negative_int)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--stop-after", type=int)
+    p.add_argument("--stop-after", type=positive_int)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--quiet", action="store_true")
@@ -60,8 +77,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="images folder (default DATA_ROOT/images)")
     p.add_argument("--save-predictions", metavar="FILE.jsonl", help="one JSON line per expression")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-expressions", type=int, help="evaluate an evenly spaced subset")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-expressions", type=positive_int, help="evaluate an evenly spaced subset")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--int8", action="store_true", help="run the encoder's linear layers in int8 (CPU; simvg.models.quantize)")
 
@@ -77,16 +94,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="FILE.jsonl", help="batch: write results here (default: stdout)")
     p.add_argument("--json", action="store_true", help="single: print JSON with box and score")
     p.add_argument("--branch", choices=["token", "decoder"], default="token")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"])
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="inference speed of a checkpoint on this machine")
     p.add_argument("checkpoint")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32])
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per setting")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", action="store_true")
 
 
@@ -112,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simvg.commands import COMMANDS
 
+    # Warnings meant for the user (a truncated phrase) read as one line, not as a source location.
+    warnings.formatwarning = lambda message, *_, **__: f"simvg {args.command}: warning: {message}\n"
     try:
+        if getattr(args, "device", None) == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: this machine has no usable CUDA GPU (torch.cuda.is_available() "
+                                 "is false); use --device cpu")  # fmt: skip
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -122,8 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         # reported as one clear line; anything else keeps its traceback.
         if os.environ.get("SIMVG_DEBUG"):
             raise
-        print(f"simvg {args.command}: error: {err}", file=sys.stderr)
+        print(f"simvg {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
+
+
+def user_message(err: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker process, whose message
+    is the worker's whole traceback, only the original error's own message."""
+    text = str(err)
+    if "DataLoader worker process" in text and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name = f"{type(err).__name__}: "
+        return last.split(name, 1)[1] if name in last else last
+    return text
 
 
 def print_json(data: dict) -> None:

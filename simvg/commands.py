@@ -47,8 +47,16 @@ def _load_run_config(args: argparse.Namespace):
             from simvg.config import apply_overrides
 
             saved = apply_overrides(saved, overrides)
-        return saved
-    return load_config(args.config, overrides)
+        config = saved
+    else:
+        config = load_config(args.config, overrides)
+    if config.train.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("train.tensorboard=true needs the tensorboard package: pip install 'simvg[tensorboard]' "
+                             "(or leave it false: train_log.csv and eval_log.csv are always written)")  # fmt: skip
+    return config
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -139,6 +147,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.out:
         from simvg.data.images import load_image
 
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         image = load_image(args.image)
         draw_boxes(image.pixels, [result], scale=image.pixels.shape[1] / image.width).save(args.out)
     if args.json:
@@ -165,13 +174,19 @@ def _predict_batch(args: argparse.Namespace) -> int:
             continue
         try:
             item = json.loads(line)
-            requests.append((str(item["image"]), str(item["text"])))
+            name, text = item["image"], item["text"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}:{number}: expected a JSON object with 'image' and 'text' ({err})") from err
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: 'image' and 'text' must be strings, got {name!r} and {text!r}")
+        if not text.strip():
+            raise ValueError(f"{path}:{number}: the phrase is empty: {text!r}")
+        requests.append((name, text))
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
     by_image: dict[str, list[str]] = {}
     for name, text in requests:
         by_image.setdefault(name, []).append(text)
+    drawings = _drawing_names(list(by_image))
     out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
     try:
         for name, texts in by_image.items():
@@ -181,15 +196,26 @@ def _predict_batch(args: argparse.Namespace) -> int:
             if args.out:
                 from simvg.data.images import load_image
 
-                Path(args.out).mkdir(parents=True, exist_ok=True)
+                drawing = Path(args.out) / drawings[name]
+                drawing.parent.mkdir(parents=True, exist_ok=True)
                 image = load_image(folder / name)
-                draw_boxes(image.pixels, results, scale=image.pixels.shape[1] / image.width).save(
-                    Path(args.out) / (Path(name).stem + "_grounded.png")
-                )
+                draw_boxes(image.pixels, results, scale=image.pixels.shape[1] / image.width).save(drawing)
     finally:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def _drawing_names(images: list[str]) -> dict[str, str]:
+    """Where each image's drawing goes in the --out folder: ``sub/a.jpg`` -> ``sub/a_grounded.png``,
+    or ``sub/a_jpg_grounded.png`` when another image has the same stem (``sub/a.png``)."""
+    stems = [str(Path(name).with_suffix("")) for name in images]
+    names = {}
+    for name, stem in zip(images, stems):
+        suffix = Path(name).suffix.lstrip(".")
+        clash = stems.count(stem) > 1 and suffix
+        names[name] = f"{stem}_{suffix}_grounded.png" if clash else f"{stem}_grounded.png"
+    return names
 
 
 def run_bench(args: argparse.Namespace) -> int:

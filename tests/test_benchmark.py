@@ -1,4 +1,12 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
 from simvg.benchmark import take_turns
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_calls_take_turns_one_call_at_a_time():
@@ -7,3 +15,25 @@ def test_calls_take_turns_one_call_at_a_time():
     assert order == ["a", "b"] * 4  # a warm-up call each, then three rounds
     assert {key: len(t) for key, t in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for t in times["a"] + times["b"])
+
+
+def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
+    # The GPU bench runs here on the CPU with a tiny transformer, so that a lent GPU's time is
+    # never spent on a broken script.
+    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu.md"
+    tiny = ["model.encoder.pretrained=null", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
+            "model.encoder.num_heads=2", "model.encoder.intermediate_size=64", "model.image_size=64"]  # fmt: skip
+    bench.main(["--set", *tiny, "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                "--peak-tflops", "0.001", "--out", str(out)])  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 |") or
+            line.startswith("| 2 |")]  # fmt: skip
+    assert len(rows) == 2
+    flops = [float(row[3]) * 1e9 for row in rows]
+    assert flops[0] > 0 and 1.8 < flops[1] / flops[0] < 2.2  # the work of a step grows with the batch
+    mfu = [float(row[5].strip().rstrip("%")) for row in rows]
+    assert all(m > 0 for m in mfu)
+    with pytest.raises(SystemExit, match="peak-tflops"):
+        bench.peak_tflops(torch.device("cpu"), None)

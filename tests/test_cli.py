@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from simvg.cli import main
+from simvg.cli import main, user_message
+from simvg.data.images import ImageReadError
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,72 @@ def test_predict_batch_over_a_folder(tiny_checkpoint, tmp_path):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert sorted((r["image"], r["text"]) for r in rows) == sorted((d["image"], d["text"]) for d in lines)
     assert {p.name for p in (tmp_path / "drawn").iterdir()} == {"a_grounded.png", "b_grounded.png"}
+
+
+def test_predict_batch_drawings_of_images_sharing_a_stem_are_kept_apart(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "a.jpg", "sub/a.png"):
+        Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(folder / name)
+    phrases = tmp_path / "phrases.jsonl"
+    phrases.write_text("".join(json.dumps({"image": n, "text": "the thing"}) + "\n" for n in ("a.png", "a.jpg", "sub/a.png")))
+    assert main(["predict", str(tiny_checkpoint), "--image", str(folder), "--phrases", str(phrases),
+                 "--output", str(tmp_path / "out.jsonl"), "--out", str(tmp_path / "drawn")]) == 0  # fmt: skip
+    drawn = {str(p.relative_to(tmp_path / "drawn")) for p in (tmp_path / "drawn").rglob("*.png")}
+    assert drawn == {"a_png_grounded.png", "a_jpg_grounded.png", "sub/a_grounded.png"}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ({"image": "a.png", "text": None}, "phrases.jsonl:2: 'image' and 'text' must be strings"),
+    ({"image": "a.png", "text": 7}, "phrases.jsonl:2: 'image' and 'text' must be strings"),
+    ({"image": "a.png", "text": "  "}, "phrases.jsonl:2: the phrase is empty"),
+    ({"image": "a.png"}, "phrases.jsonl:2: expected a JSON object with 'image' and 'text'"),
+])  # fmt: skip
+def test_predict_batch_bad_lines_are_named(tiny_checkpoint, tmp_path, capsys, line, message):
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    phrases = tmp_path / "phrases.jsonl"
+    phrases.write_text(json.dumps({"image": "a.png", "text": "fine"}) + "\n" + json.dumps(line) + "\n")
+    assert main(["predict", str(tiny_checkpoint), "--image", str(tmp_path), "--phrases", str(phrases)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_predict_single_drawing_into_a_new_folder(tiny_checkpoint, tmp_path):
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(image)
+    out = tmp_path / "new" / "drawn.png"
+    assert main(["predict", str(tiny_checkpoint), "--image", str(image), "--text", "a thing", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("argv", [["eval", "CKPT", "--data-root", "d", "--dataset", "x", "--split", "val", "--batch-size", "0"],
+                                  ["eval", "CKPT", "--data-root", "d", "--dataset", "x", "--split", "val",
+                                   "--max-expressions", "-3"]])  # fmt: skip
+def test_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_a_clear_error(tiny_checkpoint, capsys):
+    assert main(["predict", str(tiny_checkpoint), "--image", "x.png", "--text", "a", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "Traceback" not in err
+
+
+def test_errors_from_data_loader_workers_read_as_one_line():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise ImageReadError("cannot read image data/x.png: not a supported image file")
+
+    with pytest.raises(ImageReadError) as caught:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what the worker sends back
+    assert user_message(caught.value) == "cannot read image data/x.png: not a supported image file"
 
 
 @pytest.mark.parametrize(

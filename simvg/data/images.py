@@ -39,9 +39,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
         low, high = float(values.min()), float(values.max())
-        if image.mode != "F" and high <= 255 and low >= 0:
+        if image.mode in ("I;16", "I;16B", "I;16L"):  # 16-bit, however dark
+            scaled = values / 257.0
+        elif image.mode == "I" and low >= 0 and high <= 255:
             scaled = values
-        elif image.mode in ("I;16", "I;16B", "I;16L") or (low >= 0 and high <= 65535):
+        elif image.mode == "I" and low >= 0 and high <= 65535:
             scaled = values / 257.0
         else:
             scaled = (values - low) / max(high - low, 1e-12) * 255.0
@@ -95,9 +97,10 @@ def load_image(source: str | Path | Image.Image | np.ndarray, max_side: int = DE
             width, height = height, width
         if image.format == "JPEG" and max(width, height) > max_side:
             image.draft("RGB", (max_side, max_side))
-        image = ImageOps.exif_transpose(image)
+        # Downscale before rotating: rotating first would copy the full-size image.
         if max(image.size) > max_side:
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        image = ImageOps.exif_transpose(image)
         pixels = np.asarray(_to_rgb(image))
     except ImageReadError:
         raise
@@ -116,6 +119,10 @@ def _from_array(array: np.ndarray, max_side: int) -> LoadedImage:
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        if np.isnan(array).any() or low < -1e-6 or high > 1.0 + 1e-6:
+            raise ImageReadError(f"a float image array must hold values in [0, 1]; this one holds {low:g} to "
+                                 f"{high:g} (pass uint8 for 0-255)")  # fmt: skip
         array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     elif array.dtype != np.uint8:
         raise ImageReadError(f"image array dtype {array.dtype} is not supported (uint8, uint16 or float)")

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from simvg.config import Config, ConfigError, from_dict, to_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
@@ -38,6 +40,16 @@ def _fsync_tree(directory: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _default_permissions(directory: Path) -> None:
+    """Give ``directory`` (made private by mkdtemp) and its files the permissions a plain
+    mkdir / open would: 0o777 / 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def write_atomically(target: Path, write: Any) -> None:
     """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``.
 
@@ -50,6 +62,7 @@ def write_atomically(target: Path, write: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
+        _default_permissions(tmp)
         _fsync_tree(tmp)
         old = target.with_name(target.name + ".old")
         if old.exists():
@@ -151,10 +164,19 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     tokenizer_files = ["tokenizer.json", "vocab.txt"]
     if not any((directory / name).is_file() for name in tokenizer_files):
         raise CheckpointError(f"checkpoint {directory} is missing its tokenizer files ({' or '.join(tokenizer_files)})")
-    tokenizer = load_tokenizer(str(directory))
+    if not (directory / TOKENIZER_CONFIG_FILE).is_file():  # without it the tokenizer has no padding token
+        raise CheckpointError(f"checkpoint {directory} is missing {TOKENIZER_CONFIG_FILE}")
+    try:
+        tokenizer = load_tokenizer(str(directory))
+    except Exception as err:  # the tokenizers library raises plain Exceptions for unreadable files
+        raise CheckpointError(f"checkpoint {directory}: cannot read its tokenizer files: {err}") from err
+    if tokenizer.pad_token_id is None:
+        raise CheckpointError(f"checkpoint {directory}: its tokenizer has no padding token ({TOKENIZER_CONFIG_FILE})")
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
         load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=map_location)
+    except SafetensorError as err:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {err}") from err
     except (RuntimeError, OSError) as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match the model in {CONFIG_FILE}: {err}") from err
     return model.to(map_location).eval(), tokenizer, config, meta

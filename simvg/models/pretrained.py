@@ -33,6 +33,8 @@ def resolve_pretrained(name: str) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a pretrained model directory")
         return str(path)
+    if name.startswith(("/", ".", "~")):  # a path, never a hub id ("org/name")
+        raise FileNotFoundError(f"pretrained model directory not found: {path}")
     return name
 
 
@@ -41,6 +43,8 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     resolved = resolve_pretrained(source) if source == MINILM_ALIAS else source
+    if resolved.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {Path(resolved).expanduser()}")
     try:
         return AutoTokenizer.from_pretrained(resolved, use_fast=True)
     except OSError as err:

@@ -49,6 +49,34 @@ def test_arrays_of_several_dtypes():
         load_image(np.zeros((5, 6, 2), np.uint8))
     with pytest.raises(ImageReadError, match="zero size"):
         load_image(np.zeros((0, 6, 3), np.uint8))
+    with pytest.raises(ImageReadError, match=r"values in \[0, 1\]; this one holds 0 to 255"):
+        load_image(np.linspace(0, 255, 30, dtype=np.float32).reshape(5, 6))  # 0-255 floats, not 0-1
+
+
+def test_dark_16_bit_images_stay_dark(tmp_path):
+    # A 16-bit PNG whose values all lie below 256 is nearly black, not an 8-bit image.
+    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(tmp_path / "dark16.png")
+    assert load_image(tmp_path / "dark16.png").pixels.max() <= 1
+
+
+def test_huge_images_are_downscaled_before_rotation(tmp_path, monkeypatch):
+    from PIL import ImageOps
+
+    image = Image.new("RGB", (3000, 1000), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "huge.png", exif=exif)
+    rotated_sizes = []
+    transpose = ImageOps.exif_transpose
+
+    def recording(image, **kwargs):
+        rotated_sizes.append(image.size)
+        return transpose(image, **kwargs)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", recording)
+    loaded = load_image(tmp_path / "huge.png", max_side=600)
+    assert rotated_sizes == [(600, 200)]  # the full-size image is never copied by the rotation
+    assert (loaded.width, loaded.height) == (1000, 3000) and loaded.pixels.shape == (600, 200, 3)
 
 
 def test_bad_files_name_their_path(tmp_path):

@@ -124,6 +124,16 @@ def test_deterministic_and_worker_independent(tmp_path, dataset):
     ).read_bytes()
 
 
+def test_regenerating_with_fewer_images_leaves_no_stale_ones(tmp_path):
+    generate_synthref(tmp_path, counts={"train": 4, "val": 2}, seed=1, image_size=64)
+    own = tmp_path / "images" / "synthref" / "train"
+    (own / "mine.png").write_bytes(b"a user's file")
+    path = generate_synthref(tmp_path, counts={"train": 2, "val": 2}, seed=1, image_size=64)
+    listed = {r["file_name"] for r in json.loads(path.read_text())["train"]}
+    assert {f"train/{p.name}" for p in own.glob("*.png") if p.name != "mine.png"} == listed
+    assert (own / "mine.png").read_bytes() == b"a user's file"
+
+
 @pytest.mark.parametrize(
     "kwargs, word",
     [

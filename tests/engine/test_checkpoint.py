@@ -1,5 +1,7 @@
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -56,12 +58,34 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     Grounder.from_pretrained(tmp_path / "ckpt", device="cpu")
 
 
-@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
 def test_missing_file_is_named(tmp_path, missing):
     save_tiny(tmp_path / "ckpt")
     (tmp_path / "ckpt" / missing).unlink()
     with pytest.raises(CheckpointError, match=missing.split(".")[0]):
         load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("model.safetensors", b"", "model.safetensors is not a readable safetensors file"),
+    ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"", "model.safetensors is not a readable"),
+    ("tokenizer.json", b"not json", "cannot read its tokenizer files"),
+])  # fmt: skip
+def test_unreadable_files_are_named(tmp_path, name, content, message):
+    save_tiny(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_checkpoints_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_tiny(tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755  # not mkdtemp's private 0o700
+    assert stat.S_IMODE((tmp_path / "ckpt" / "model.safetensors").stat().st_mode) == 0o644
 
 
 def test_bad_checkpoints_are_named(tmp_path):

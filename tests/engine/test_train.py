@@ -113,11 +113,37 @@ def test_torchrun_two_cpu_processes(synthref_root, tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("train.amp=float8", "train.amp"), ("train.schedule=linear", "train.schedule"), ("model.encoder.type=cnn", "encoder.type")],
+    [("train.amp=float8", "train.amp"), ("train.schedule=linear", "train.schedule"), ("model.encoder.type=cnn", "encoder.type"),
+     ("data.train_expression_types=[attribute", "override 'data.train_expression_types=[attribute': the value is not valid YAML"),
+     ("train=3", "'train' is a section of the config"),
+     ("model.encoder.pretrained=/no/such/dir", "directory not found: /no/such/dir")],
 )
 def test_bad_config_values_are_named(synthref_root, tmp_path, capsys, override, message):
     assert train(["--set", override], synthref_root, tmp_path / "run") == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_tensorboard_logging_without_the_package_is_named_before_training(synthref_root, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    assert train(["--set", "train.tensorboard=true"], synthref_root, tmp_path / "run") == 2
+    assert "pip install 'simvg[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_a_bad_training_image_read_by_a_worker_is_one_clear_line(synthref_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthref_root, root)
+    for image in (root / "images").rglob("*.png"):
+        image.write_bytes(b"garbage")
+    assert train(["--set", "data.num_workers=1", "--set", "train.stem_pretrain_steps=0"], root, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "Traceback" not in err and "DataLoader worker" not in err
 
 
 def test_filtering_expression_types_keeps_each_phrases_landmark(synthref_root):

@@ -407,3 +407,17 @@ def test_gathered_cell_detail_is_the_cells_space_to_depth():
         cells = torch.tensor([[0, 15, 6], [9, 9, 3]])
         every = cell_detail(features, (4, 4))
         assert torch.equal(gather_cell_detail(features, (4, 4), cells), every[torch.arange(2)[:, None], cells])
+
+
+def test_vilt_sdpa_attention_matches_eager_with_the_same_weights():
+    eager = build_model(tiny_config("vilt"), vocab_size=30522).eval()
+    sdpa = build_model(tiny_config("vilt", attention="sdpa"), vocab_size=30522).eval()
+    sdpa.load_state_dict(eager.state_dict())  # strict: the same parameter names
+    # Padded text and a letterboxed image: the masks reach the fused kernel.
+    expected, got = eager.encoder(*inputs()), sdpa.encoder(*inputs())
+    assert torch.allclose(got.visual_tokens, expected.visual_tokens, atol=1e-5)
+    assert torch.allclose(got.text_tokens, expected.text_tokens, atol=1e-5)
+    sdpa.train()
+    out = sdpa(*inputs())
+    (out["token"]["logits"].sum() + out["decoder"]["boxes"].sum()).backward()
+    assert sdpa.encoder.encoder.layer[0].attention.attention.query.weight.grad.abs().sum() > 0

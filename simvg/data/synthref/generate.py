@@ -257,6 +257,13 @@ def generate_synthref(
             done += job[3] - job[2]
             _report(progress, done, total, t0)
 
+    # A previous run into the same folder may have written more images: drop those this
+    # dataset no longer lists (only SynthRef's own <split>/<7 digits>.png files).
+    written = {rec["file_name"] for split in splits for rec in data[split]}
+    for split in splits:
+        for stale in (image_dir / split).glob("[0-9]" * 7 + ".png"):
+            if f"{split}/{stale.name}" not in written:
+                stale.unlink()
     ref_id = 1
     for split in splits:
         for rec in data[split]:

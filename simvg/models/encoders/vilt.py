@@ -5,6 +5,10 @@ mask covers everything, which would lose the token grid. We therefore assemble t
 embeddings from its modules in a fixed row-major order (patch embedding, position
 embeddings interpolated to the input's grid as SimVG does, modality-type embeddings) and
 run its transformer. The object token is ViLT's image CLS token.
+
+ViltModel computes attention only as matmul + softmax; ``model.encoder.attention: sdpa``
+runs the same query/key/value layers through ``F.scaled_dot_product_attention`` instead
+(fused kernels on GPUs), with the same parameter names, so checkpoints load either way.
 """
 
 from __future__ import annotations
@@ -20,15 +24,47 @@ from simvg.models.encoders.base import EncoderOutput, normalize_images, token_gr
 from simvg.models.pretrained import resolve_pretrained
 
 
+class SdpaSelfAttention(nn.Module):
+    """A ViltSelfAttention's query, key and value layers run through
+    ``F.scaled_dot_product_attention``. forward(hidden (B, L, D), attention_mask: additive
+    float (B, 1, L, L) or None) -> (context (B, L, D),), as ViltSelfAttention returns."""
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.query, self.key, self.value = attention.query, attention.key, attention.value
+        self.head_size = attention.attention_head_size
+        self.dropout = attention.dropout.p
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_attentions: bool = False) -> tuple[torch.Tensor]:  # fmt: skip
+        if output_attentions:
+            raise ValueError("sdpa attention does not return attention weights; use model.encoder.attention=eager")
+        shape = (*hidden.shape[:-1], -1, self.head_size)
+        q, k, v = (layer(hidden).view(shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
+        return (context.transpose(1, 2).reshape(*hidden.shape[:-1], -1),)
+
+
 def build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbone_config: dict | None) -> ViltModel:
+    model = _build_vilt(config, vocab_size, image_size, backbone_config)
+    if config.attention == "sdpa":
+        for layer in model.encoder.layer:
+            layer.attention.attention = SdpaSelfAttention(layer.attention.attention)
+    return model
+
+
+def _build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbone_config: dict | None) -> ViltModel:
+    # Hugging Face's ViltModel knows "eager" attention only (sdpa is swapped in by build_vilt),
+    # which also makes its attention masks additive floats, what SdpaSelfAttention takes.
     if backbone_config is not None:
         vilt_config = ViltConfig(**backbone_config)
-        vilt_config._attn_implementation = config.attention
+        vilt_config._attn_implementation = "eager"
         return ViltModel(vilt_config, add_pooling_layer=False)
     if config.pretrained:
         source = resolve_pretrained(config.pretrained)
         try:
-            model = ViltModel.from_pretrained(source, add_pooling_layer=False, attn_implementation=config.attention)
+            model = ViltModel.from_pretrained(source, add_pooling_layer=False, attn_implementation="eager")
         except OSError as err:
             raise FileNotFoundError(
                 f"cannot load pretrained ViLT '{config.pretrained}': no such local directory and "
@@ -54,7 +90,7 @@ def build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbone
         patch_size=config.patch_size,
         max_position_embeddings=40,
     )
-    vilt_config._attn_implementation = config.attention
+    vilt_config._attn_implementation = "eager"
     return ViltModel(vilt_config, add_pooling_layer=False)
 
 

@@ -1,0 +1,159 @@
+"""Training and inference throughput, and model FLOP utilisation (MFU), of a recipe's model
+on a GPU: by default ViLT-B/32 at 384 px with SimVG's head (configs/refcoco_vilt.yaml), bf16.
+
+    python bench/gpu_throughput.py [--config configs/refcoco_vilt.yaml] [--batch-sizes 32 128]
+        [--steps 20] [--peak-tflops T] [--compile] [--out bench/results/gpu_throughput.md]
+
+The model has random weights of the recipe's sizes (ViLT-B/32's: 768 wide, 12 layers; the
+hub's pretrained weights cost the same FLOPs) and the batches are synthetic and already on
+the device: this times the model, not the data pipeline (bench/train_speed.py times that).
+A training step is forward, the criterion, backward and the optimizer step under the
+recipe's autocast. FLOPs per step are counted by torch.utils.flop_counter on one step;
+MFU = counted FLOP/s / the GPU's dense bf16 peak (a table of known GPUs, or --peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from simvg.config import load_config
+from simvg.data.dataset import Batch
+from simvg.engine.optim import autocast, build_optimizer, resolve_amp
+from simvg.engine.tasks import GroundingLoss
+from simvg.models import GroundingCriterion, build_model
+
+VOCAB_SIZE = 30522  # BERT uncased, ViLT's
+# ViLT-B/32 (dandelin/vilt-b32-mlm): what the recipe's hub id holds.
+VILT_B32 = ["model.encoder.pretrained=null", "model.encoder.hidden_size=768", "model.encoder.num_layers=12",
+            "model.encoder.num_heads=12", "model.encoder.intermediate_size=3072", "model.encoder.patch_size=32"]  # fmt: skip
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
+                    "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}  # fmt: skip
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float:
+    """The device's dense bf16 peak: ``given``, else looked up by the GPU's name."""
+    if given is not None:
+        return given
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    for key, value in PEAK_BF16_TFLOPS.items():  # longer names first where they share a prefix
+        if key in name:
+            return value
+    raise SystemExit(f"no known bf16 peak for '{name}'; pass --peak-tflops")
+
+
+def synthetic_batch(config, batch_size: int, text_tokens: int, device: torch.device) -> Batch:
+    """Random uint8 images, full masks, random token ids and target boxes, on ``device``."""
+    generator = torch.Generator().manual_seed(0)
+    size = config.model.image_size
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
+    input_ids = torch.randint(1000, 2000, (batch_size, text_tokens), generator=generator)
+    centres = 0.25 + 0.5 * torch.rand(batch_size, 2, generator=generator)
+    sizes = 0.1 + 0.3 * torch.rand(batch_size, 2, generator=generator)
+    return Batch(images, torch.ones(batch_size, size, size, dtype=torch.bool), input_ids,
+                 torch.ones(batch_size, text_tokens, dtype=torch.bool), torch.cat([centres, sizes], dim=1),
+                 [], [], []).to(device)  # fmt: skip
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(config, batch_size: int, args, device: torch.device) -> dict:
+    """One batch size: training steps/s and FLOPs per step, inference (token branch) images/s."""
+    torch.manual_seed(0)
+    model = build_model(config.model, VOCAB_SIZE).to(device)
+    module = GroundingLoss(model, GroundingCriterion(config.loss)).train()
+    optimizer = build_optimizer(module, config.train)
+    amp = resolve_amp(config.train.amp, device)
+    step_module = torch.compile(module) if args.compile else module
+    batch = synthetic_batch(config, batch_size, args.text_tokens, device)
+
+    def train_step() -> None:
+        with autocast(device, amp):
+            loss, _ = step_module(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device, amp):
+            loss, _ = module(batch)
+        loss.backward()
+    optimizer.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    for _ in range(args.warmup):
+        train_step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    synchronize(device)
+    step_s = (time.perf_counter() - start) / args.steps
+
+    model.eval()
+    with torch.inference_mode(), autocast(device, amp):
+        inputs = (batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
+        for _ in range(args.warmup):
+            model(*inputs, use_decoder=False)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            model(*inputs, use_decoder=False)
+        synchronize(device)
+        infer_s = (time.perf_counter() - start) / args.steps
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"batch": batch_size, "step_ms": 1000 * step_s, "train_images_s": batch_size / step_s,
+            "gflop_per_step": flops / 1e9, "tflops": flops / step_s / 1e12, "infer_images_s": batch_size / infer_s,
+            "peak_memory_gib": memory}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "refcoco_vilt.yaml")
+    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="overrides (default: ViLT-B/32's sizes with random weights)")  # fmt: skip
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--text-tokens", type=int, default=20, help="phrase length incl. [CLS]/[SEP] (RefCOCO: ~10-20)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step's module")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_throughput.md")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    config = load_config(args.config, VILT_B32 if args.set is None else args.set)
+    peak = peak_tflops(device, args.peak_tflops)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    lines = [f"Device: {name} (dense bf16 peak {peak:g} TFLOP/s), autocast {resolve_amp(config.train.amp, device)}, "
+             f"{config.model.image_size} px, {args.text_tokens} text tokens, compile {args.compile}",
+             "",
+             "| batch | train step ms | train images/s | GFLOP / step | TFLOP/s | MFU | inference images/s (token) "
+             "| peak memory GiB |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for batch_size in args.batch_sizes:
+        r = measure(config, batch_size, args, device)
+        lines.append(f"| {r['batch']} | {r['step_ms']:.1f} | {r['train_images_s']:.0f} | {r['gflop_per_step']:.4g} | "
+                     f"{r['tflops']:.4g} | {100 * r['tflops'] / peak:.3g}% | {r['infer_images_s']:.0f} | "
+                     f"{r['peak_memory_gib']:.1f} |")  # fmt: skip
+        print(lines[-1], flush=True)
+    lines += ["", f"Command: `python bench/gpu_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
