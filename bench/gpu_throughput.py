@@ -37,15 +37,24 @@ PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 
                     "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}  # fmt: skip
 
 
-def peak_tflops(device: torch.device, given: float | None) -> float:
-    """The device's dense bf16 peak: ``given``, else looked up by the GPU's name."""
-    if given is not None:
-        return given
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def peak_for_name(name: str) -> float | None:
+    """The dense bf16 peak (TFLOP/s) of a GPU by its CUDA name, None if not in the table."""
     for key, value in PEAK_BF16_TFLOPS.items():  # longer names first where they share a prefix
         if key in name:
             return value
-    raise SystemExit(f"no known bf16 peak for '{name}'; pass --peak-tflops")
+    return None
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """The device's dense bf16 peak: ``given``, else the table's for a GPU; None for a CPU
+    (then no MFU is reported, only the counted FLOPs and their rate)."""
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    peak = peak_for_name(name)
+    if peak is None:
+        raise SystemExit(f"no known bf16 peak for '{name}'; pass --peak-tflops")
+    return peak
 
 
 def synthetic_batch(config, batch_size: int, text_tokens: int, device: torch.device) -> Batch:
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config, VILT_B32 if args.set is None else args.set)
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    lines = [f"Device: {name} (dense bf16 peak {peak:g} TFLOP/s), autocast {resolve_amp(config.train.amp, device)}, "
+    peak_text = "no peak given" if peak is None else f"dense bf16 peak {peak:g} TFLOP/s"
+    lines = [f"Device: {name} ({peak_text}), autocast {resolve_amp(config.train.amp, device)}, "
              f"{config.model.image_size} px, {args.text_tokens} text tokens, compile {args.compile}",
              "",
              "| batch | train step ms | train images/s | GFLOP / step | TFLOP/s | MFU | inference images/s (token) "
@@ -144,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for batch_size in args.batch_sizes:
         r = measure(config, batch_size, args, device)
+        mfu = "–" if peak is None else f"{100 * r['tflops'] / peak:.3g}%"
         lines.append(f"| {r['batch']} | {r['step_ms']:.1f} | {r['train_images_s']:.0f} | {r['gflop_per_step']:.4g} | "
-                     f"{r['tflops']:.4g} | {100 * r['tflops'] / peak:.3g}% | {r['infer_images_s']:.0f} | "
+                     f"{r['tflops']:.4g} | {mfu} | {r['infer_images_s']:.0f} | "
                      f"{r['peak_memory_gib']:.1f} |")  # fmt: skip
         print(lines[-1], flush=True)
     lines += ["", f"Command: `python bench/gpu_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`"]

@@ -1,7 +1,6 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
 import torch
 
 from simvg.benchmark import take_turns
@@ -35,5 +34,8 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
     assert flops[0] > 0 and 1.8 < flops[1] / flops[0] < 2.2  # the work of a step grows with the batch
     mfu = [float(row[5].strip().rstrip("%")) for row in rows]
     assert all(m > 0 for m in mfu)
-    with pytest.raises(SystemExit, match="peak-tflops"):
-        bench.peak_tflops(torch.device("cpu"), None)
+    assert bench.peak_tflops(torch.device("cpu"), None) is None  # no MFU on a CPU unless a peak is given
+    assert bench.peak_for_name("NVIDIA H200") == bench.peak_for_name("NVIDIA H100 80GB HBM3") == 989.4
+    assert bench.peak_for_name("NVIDIA H100 PCIe") == 756.0 and bench.peak_for_name("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench.peak_for_name("NVIDIA L4") == 121.0 and bench.peak_for_name("NVIDIA L40S") == 362.1
+    assert bench.peak_for_name("NVIDIA GeForce GTX 1080") is None
