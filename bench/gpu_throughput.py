@@ -15,11 +15,13 @@ MFU = counted FLOP/s / the GPU's dense bf16 peak (a table of known GPUs, or --pe
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from simvg.config import load_config
@@ -34,15 +36,31 @@ VILT_B32 = ["model.encoder.pretrained=null", "model.encoder.hidden_size=768", "m
             "model.encoder.num_heads=12", "model.encoder.intermediate_size=3072", "model.encoder.patch_size=32"]  # fmt: skip
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
-                    "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}  # fmt: skip
+                    "A100": 312.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0, "A10": 125.0}  # fmt: skip
 
 
 def peak_for_name(name: str) -> float | None:
     """The dense bf16 peak (TFLOP/s) of a GPU by its CUDA name, None if not in the table."""
     for key, value in PEAK_BF16_TFLOPS.items():  # longer names first where they share a prefix
-        if key in name:
+        if re.search(rf"\b{re.escape(key)}\b", name):  # "L4" is not "L40", "A10" not "A10G"
             return value
     return None
+
+
+def count_cpu_attention() -> None:
+    """Teach torch.utils.flop_counter the CPU's fused attention kernels (it knows the GPU's):
+    the same FLOPs as any scaled-dot-product attention of those shapes."""
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -78,6 +96,8 @@ def synchronize(device: torch.device) -> None:
 def measure(config, batch_size: int, args, device: torch.device) -> dict:
     """One batch size: training steps/s and FLOPs per step, inference (token branch) images/s."""
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config.model, VOCAB_SIZE).to(device)
     module = GroundingLoss(model, GroundingCriterion(config.loss)).train()
     optimizer = build_optimizer(module, config.train)
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     config = load_config(args.config, VILT_B32 if args.set is None else args.set)
+    count_cpu_attention()
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak_text = "no peak given" if peak is None else f"dense bf16 peak {peak:g} TFLOP/s"

@@ -76,7 +76,6 @@ def main() -> None:
         params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("encoder.", "decoder_branch."))) / 1e6
         head_ms = 1000 * statistics.median(heads[name])
         lines.append(f"| {name} | {params:.2f} | {head_ms:.2f} | {100 * head_ms / encoder_ms:.1f}% |")
-    lines += ["", f"Command: `python bench/head_floor.py {args.checkpoint} --calls {args.calls}`"]
     save_table("\n".join(lines), args.out)
 
 

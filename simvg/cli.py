@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from simvg.commands import COMMANDS
 
     # Warnings meant for the user (a truncated phrase) read as one line, not as a source location.
+    formatwarning = warnings.formatwarning
     warnings.formatwarning = lambda message, *_, **__: f"simvg {args.command}: warning: {message}\n"
     try:
         if getattr(args, "device", None) == "cuda":
@@ -149,17 +150,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"simvg {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def user_message(err: BaseException) -> str:
     """The error's message; for one re-raised from a DataLoader worker process, whose message
     is the worker's whole traceback, only the original error's own message."""
     text = str(err)
-    if "DataLoader worker process" in text and "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        name = f"{type(err).__name__}: "
-        return last.split(name, 1)[1] if name in last else last
-    return text
+    if "DataLoader worker process" not in text or "Original Traceback" not in text:
+        return text
+    lines = text.splitlines()
+    kind = type(err)
+    prefixes = (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: ")
+    starts = [i for i, line in enumerate(lines) if line.startswith(prefixes)]
+    if not starts:
+        return lines[-1]
+    first, *rest = lines[starts[-1] :]
+    return "\n".join([first.split(": ", 1)[1], *rest]).strip()
 
 
 def print_json(data: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from simvg.cli import SPLITS, print_json
@@ -207,14 +208,28 @@ def _predict_batch(args: argparse.Namespace) -> int:
 
 
 def _drawing_names(images: list[str]) -> dict[str, str]:
-    """Where each image's drawing goes in the --out folder: ``sub/a.jpg`` -> ``sub/a_grounded.png``,
-    or ``sub/a_jpg_grounded.png`` when another image has the same stem (``sub/a.png``)."""
-    stems = [str(Path(name).with_suffix("")) for name in images]
-    names = {}
-    for name, stem in zip(images, stems):
+    """Where each image's drawing goes inside the --out folder: ``sub/a.jpg`` ->
+    ``sub/a_grounded.png``; ``sub/a_jpg_grounded.png`` when another image has the same stem
+    (``sub/a.png``); an absolute name or one with ``..`` by its stem alone (never outside
+    the folder); a number added if two names still meet."""
+
+    def base(name: str) -> Path:
+        path = Path(name)
+        return path.with_suffix("") if not path.is_absolute() and ".." not in path.parts else Path(path.stem)
+
+    bases = [base(name) for name in images]
+    counts = Counter(bases)
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for name, stem in zip(images, bases):
         suffix = Path(name).suffix.lstrip(".")
-        clash = stems.count(stem) > 1 and suffix
-        names[name] = f"{stem}_{suffix}_grounded.png" if clash else f"{stem}_grounded.png"
+        candidate = f"{stem}_{suffix}_grounded.png" if counts[stem] > 1 and suffix else f"{stem}_grounded.png"
+        number = 2
+        while candidate in used:
+            candidate = f"{stem}_{number}_grounded.png"
+            number += 1
+        used.add(candidate)
+        names[name] = candidate
     return names
 
 

@@ -390,15 +390,16 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
                 valid = list(node) if isinstance(node, dict) else []
                 raise _unknown_key(key, valid, where)
             if depth == len(keys) - 1:
-                if isinstance(node[key], dict):
-                    example = next(iter(node[key]), "KEY")
-                    raise ConfigError(f"'{dotted.strip()}' is a section of the config, not a value; set one of its "
-                                      f"keys, e.g. --set {dotted.strip()}.{example}=...")  # fmt: skip
                 try:
-                    node[key] = yaml.safe_load(raw)
+                    value = yaml.safe_load(raw)
                 except yaml.YAMLError as err:
                     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
                     raise ConfigError(f"override '{item}': the value is not valid YAML ({problem})") from err
+                if isinstance(node[key], dict) and not isinstance(value, dict):
+                    example = next(iter(node[key]), "KEY")
+                    raise ConfigError(f"'{dotted.strip()}' is a section of the config, not a value; set one of its "
+                                      f"keys, e.g. --set {dotted.strip()}.{example}=..., or give a mapping")  # fmt: skip
+                node[key] = value
             else:
                 node = node[key]
     return from_dict(Config, data)

@@ -39,3 +39,4 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
     assert bench.peak_for_name("NVIDIA H100 PCIe") == 756.0 and bench.peak_for_name("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench.peak_for_name("NVIDIA L4") == 121.0 and bench.peak_for_name("NVIDIA L40S") == 362.1
     assert bench.peak_for_name("NVIDIA GeForce GTX 1080") is None
+    assert bench.peak_for_name("NVIDIA L40") == 181.0 and bench.peak_for_name("NVIDIA A10G") is None

@@ -208,3 +208,28 @@ def test_export_half_precision_gives_the_same_boxes(tiny_checkpoint, synthref_ro
         assert main(["predict", str(checkpoint), "--image", str(image), "--text", "the red circle", "--json"]) == 0
         boxes.append(json.loads(capsys.readouterr().out)["box"])
     assert np.allclose(boxes[0], boxes[1], atol=1.0)
+
+
+def test_drawing_names_stay_inside_the_output_folder_and_apart():
+    from simvg.commands import _drawing_names
+
+    names = _drawing_names(["/data/x.jpg", "../y.png", "a.png", "a.jpg", "a_png.png", "sub/b.png"])
+    assert names == {"/data/x.jpg": "x_grounded.png", "../y.png": "y_grounded.png", "a.png": "a_png_grounded.png",
+                     "a.jpg": "a_jpg_grounded.png", "a_png.png": "a_png_2_grounded.png",
+                     "sub/b.png": "sub/b_grounded.png"}  # fmt: skip
+
+
+def test_the_cli_puts_python_warning_format_back(tiny_checkpoint, tmp_path):
+    import warnings
+
+    before = warnings.formatwarning
+    main(["predict", str(tiny_checkpoint), "--image", str(tmp_path / "missing.png"), "--text", "a"])
+    assert warnings.formatwarning is before
+
+
+def test_a_multi_line_worker_error_keeps_all_its_lines():
+    err = ImageReadError("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                         "call last):\n  File \"x.py\", line 1, in f\n    g()\nsimvg.data.images.ImageReadError: "
+                         "first line\nsecond line")  # fmt: skip
+    assert user_message(err) == "first line\nsecond line"
+    assert user_message(ImageReadError("plain")) == "plain"

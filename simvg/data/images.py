@@ -32,14 +32,16 @@ class LoadedImage:
     height: int
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Grey, palette, RGBA (composited on white), CMYK and 16/32-bit images -> 8-bit RGB."""
+def _to_rgb(image: Image.Image, file_format: str | None = None) -> Image.Image:
+    """Grey, palette, RGBA (composited on white), CMYK and 16/32-bit images -> 8-bit RGB;
+    ``file_format``: the format the image was read from (copies do not keep it)."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
         low, high = float(values.min()), float(values.max())
-        if image.mode in ("I;16", "I;16B", "I;16L"):  # 16-bit, however dark
+        # 16-bit, however dark (Pillow before 10.3 opens 16-bit grey PNGs as "I"; PNG has no 32-bit)
+        if image.mode in ("I;16", "I;16B", "I;16L") or (image.mode == "I" and file_format == "PNG"):
             scaled = values / 257.0
         elif image.mode == "I" and low >= 0 and high <= 255:
             scaled = values
@@ -85,6 +87,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray, max_side: int = DE
         except (UnidentifiedImageError, OSError) as err:
             raise ImageReadError(f"cannot read image {path}: not a supported image file ({err})") from err
     try:
+        file_format = image.format
         width, height = image.size
         if width <= 0 or height <= 0:
             raise ImageReadError(f"image has zero size: {name}")
@@ -95,13 +98,17 @@ def load_image(source: str | Path | Image.Image | np.ndarray, max_side: int = DE
         orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
         if orientation in (5, 6, 7, 8):
             width, height = height, width
-        if image.format == "JPEG" and max(width, height) > max_side:
+        if image.format == "JPEG" and max(width, height) > max_side and image is not source:
             image.draft("RGB", (max_side, max_side))
-        # Downscale before rotating: rotating first would copy the full-size image.
+        # Downscale before rotating: rotating first would copy the full-size image. The
+        # caller's own PIL image is resized into a new one, never shrunk in place.
         if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+            if image is source:
+                image = ImageOps.contain(image, (max_side, max_side), Image.Resampling.BILINEAR)
+            else:
+                image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         image = ImageOps.exif_transpose(image)
-        pixels = np.asarray(_to_rgb(image))
+        pixels = np.asarray(_to_rgb(image, file_format))
     except ImageReadError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -119,8 +126,10 @@ def _from_array(array: np.ndarray, max_side: int) -> LoadedImage:
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
-        low, high = float(np.nanmin(array)), float(np.nanmax(array))
-        if np.isnan(array).any() or low < -1e-6 or high > 1.0 + 1e-6:
+        if not np.isfinite(array).all():
+            raise ImageReadError("a float image array must hold finite values in [0, 1]; this one holds NaN or inf")
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-6 or high > 1.0 + 1e-6:
             raise ImageReadError(f"a float image array must hold values in [0, 1]; this one holds {low:g} to "
                                  f"{high:g} (pass uint8 for 0-255)")  # fmt: skip
         array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -43,11 +43,24 @@ def _fsync_tree(directory: Path) -> None:
 def _default_permissions(directory: Path) -> None:
     """Give ``directory`` (made private by mkdtemp) and its files the permissions a plain
     mkdir / open would: 0o777 / 0o666 less the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     directory.chmod(0o777 & ~umask)
     for path in directory.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only
+    read it by setting it, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def write_atomically(target: Path, write: Any) -> None:

@@ -114,3 +114,22 @@ def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # PIL refuses > 2x this at open
     with pytest.raises(ImageReadError, match="too large.*bomb.png"):
         load_image(path)
+
+
+def test_the_callers_image_is_left_as_it_was():
+    image = Image.new("RGB", (3000, 1000), (0, 0, 255))
+    loaded = load_image(image, max_side=600)
+    assert image.size == (3000, 1000) and loaded.pixels.shape == (200, 600, 3)
+
+
+def test_16_bit_png_read_as_32_bit_by_older_pillow_is_scaled_as_16_bit():
+    image = Image.fromarray(np.full((4, 4), 200, np.int32))  # mode "I", as Pillow < 10.3 opens 16-bit PNGs
+    image.format = "PNG"
+    assert load_image(image).pixels.max() <= 1
+
+
+def test_float_arrays_with_nan_are_refused_by_name():
+    array = np.full((4, 4), 0.5, np.float32)
+    array[0, 0] = np.nan
+    with pytest.raises(ImageReadError, match="NaN or inf"):
+        load_image(array)

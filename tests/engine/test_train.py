@@ -124,6 +124,13 @@ def test_bad_config_values_are_named(synthref_root, tmp_path, capsys, override, 
     assert message in err and "Traceback" not in err
 
 
+def test_a_section_can_be_set_as_a_mapping():
+    from simvg.config import load_config
+
+    config = load_config(TINY_CONFIG, ["data.augment={flip: 0.5, crop: false}"])
+    assert config.data.augment.flip == 0.5 and config.data.augment.crop is False
+
+
 def test_tensorboard_logging_without_the_package_is_named_before_training(synthref_root, tmp_path, capsys, monkeypatch):
     import importlib.util
 
