@@ -26,7 +26,7 @@ import gradio as gr
 from simvg import Grounder
 from simvg.data.dataset import PhraseError
 from simvg.data.images import ImageReadError, load_image
-from simvg.engine.checkpoint import CheckpointError
+from simvg.engine.checkpoint import CheckpointError, resolve_checkpoint
 from simvg.visualize import box_color, draw_boxes
 from simvg.weights import DEFAULT_MODEL_DIR
 
@@ -218,8 +218,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("SIMVG_PORT", 7860)))
     args = parser.parse_args()
     for path in args.checkpoint:
-        if not (Path(path) / "config.json").is_file():
-            raise SystemExit(f"--checkpoint {path}: not a checkpoint directory (no config.json)")
+        try:
+            resolve_checkpoint(path)
+        except CheckpointError as err:
+            raise SystemExit(f"--checkpoint {path}: {err}") from None
     demo = build_demo(find_models(args.checkpoint))
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True,
                 allowed_paths=[str(EXAMPLES_DIR)])  # fmt: skip

@@ -1,4 +1,4 @@
-"""The ``simvg`` command: synth | train | eval | predict | distill | bench."""
+"""The ``simvg`` command: synth | train | eval | predict | distill | bench | export."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ def run_synth(args: argparse.Namespace) -> int:
 def _prepare_output(output: Path, resume: bool) -> None:
     if resume:
         return
-    for name in ("last", "last.old", "best"):
+    # A TAKFL run keeps one distillation per teacher in OUTPUT/teacherJ.
+    for name in ("last", "last.old", "best", *(p.relative_to(output) for p in output.glob("teacher*/last*"))):
         if (output / name).exists():
             raise ValueError(
                 f"{output} already holds a run ({output / name}); pass --resume to continue it "

@@ -280,6 +280,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.stem_hint_steps < 0:
             raise ConfigError(f"distill.stem_hint_steps must be >= 0, got {self.stem_hint_steps}")
+        _check_choice("distill.merge", self.merge, ("takfl", "average"))
+        _check_choice("distill.merge_lambdas", self.merge_lambdas, ("uniform", "candidates", "tuned"))
+        _check_choice("distill.teacher_branch", self.teacher_branch, ("token", "decoder"))
 
 
 @dataclass

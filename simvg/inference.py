@@ -45,6 +45,8 @@ class Grounder:
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: Config, backbone_config: dict,
                  device: str | torch.device = "cpu", batch_size: int = 16, meta: dict | None = None):  # fmt: skip
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -109,6 +111,8 @@ class Grounder:
         if branch not in self.branches:
             raise ValueError(f"branch '{branch}' is not available in this model; choose one of: {', '.join(self.branches)}")
         single_image = not isinstance(image, (list, tuple))
+        if text is None or isinstance(text, (bytes, bytearray)):
+            raise TypeError(f"text must be a str or a list of str, got {type(text).__name__}: {text!r}")
         single_text = isinstance(text, str)
         images = [image] if single_image else list(image)
         texts = [text] if single_text else list(text)
@@ -123,6 +127,8 @@ class Grounder:
         else:
             raise ValueError(f"got {len(images)} images and {len(texts)} phrases; give one of either, or equally many")
         for _, phrase in pairs:
+            if not isinstance(phrase, str):
+                raise TypeError(f"a phrase must be a str, got {type(phrase).__name__}: {phrase!r}")
             self.preprocessor.tokenize(phrase)  # empty phrases fail here, before any work
         loaded = [load_image(source, max_side=max(DEFAULT_MAX_SIDE, self.config.model.image_size)) for source in images]
         results = []

@@ -253,7 +253,7 @@ def test_find_models(app, checkpoint, tmp_path, monkeypatch):
     assert models[app.DEFAULT_NAME] == tmp_path / "shipped"
 
 
-def test_main_binds_localhost_and_reads_simvg_port(app, checkpoint, monkeypatch):
+def test_main_binds_localhost_and_reads_simvg_port(app, checkpoint, monkeypatch, tmp_path):
     launched = {}
 
     class FakeDemo:
@@ -267,7 +267,15 @@ def test_main_binds_localhost_and_reads_simvg_port(app, checkpoint, monkeypatch)
     assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999
     assert launched["show_error"] is True
     monkeypatch.setattr(sys, "argv", ["app.py", "--checkpoint", str(checkpoint.parent / "nope")])
-    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        app.main()
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (run / "best" / name).write_bytes((checkpoint / name).read_bytes())
+    (run / "config.json").write_text("{}")  # a training run's folder has a config.json of its own
+    monkeypatch.setattr(sys, "argv", ["app.py", "--checkpoint", str(run)])
+    with pytest.raises(SystemExit, match=r"missing model.safetensors \(a training run's folder\? its checkpoint is .*best"):
         app.main()
 
 

@@ -77,6 +77,17 @@ def test_bad_inputs_are_clear(grounder, tmp_path):
         grounder.predict(tmp_path / "bad.jpg", "x")
     with pytest.warns(UserWarning, match="truncated"):
         grounder.predict(image, " ".join(["very"] * 40) + " small circle")
+    with pytest.raises(TypeError, match="got NoneType"):
+        grounder.predict(image, None)
+    with pytest.raises(TypeError, match="got bytes"):
+        grounder.predict(image, [b"the circle"])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        Grounder(grounder.model, grounder.tokenizer, grounder.config, grounder.backbone_config, batch_size=0)
+
+
+def test_extreme_aspect_ratio_pil_image_is_grounded(grounder):
+    result = grounder.predict(Image.new("RGB", (10000, 1)), "x")
+    assert 0 <= result.box[0] <= result.box[2] <= 10000 and 0 <= result.box[1] <= result.box[3] <= 1
 
 
 def test_save_pretrained_round_trip(grounder, tmp_path):

@@ -104,7 +104,9 @@ def load_image(source: str | Path | Image.Image | np.ndarray, max_side: int = DE
         # caller's own PIL image is resized into a new one, never shrunk in place.
         if max(image.size) > max_side:
             if image is source:
-                image = ImageOps.contain(image, (max_side, max_side), Image.Resampling.BILINEAR)
+                scale = max_side / max(image.size)
+                size = tuple(max(1, round(side * scale)) for side in image.size)
+                image = image.resize(size, Image.Resampling.BILINEAR)
             else:
                 image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         image = ImageOps.exif_transpose(image)

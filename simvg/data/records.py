@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,21 @@ class GroundingRecord:
             return None
         matches = [o for o in objects if all(v is None or o.get(k) == v for k, v in landmark.items())]
         return xywh_to_xyxy(matches[0]["bbox"]) if len(matches) == 1 else None
+
+
+def check_box(bbox: object, width: int, height: int, where: str) -> None:
+    """Raise DataFormatError (prefixed ``where``) unless ``bbox`` is a COCO [x, y, w, h] of 4
+    finite numbers with a positive size that overlaps the ``width`` x ``height`` image."""
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):  # fmt: skip
+        raise DataFormatError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+    if not all(math.isfinite(v) for v in bbox):
+        raise DataFormatError(f"{where}: bbox holds a non-finite number: {bbox!r}")
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        raise DataFormatError(f"{where}: bbox has non-positive width or height: {bbox!r}")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise DataFormatError(f"{where}: bbox {bbox!r} lies outside the {width}x{height} image")
 
 
 def xywh_to_xyxy(box: list[float] | tuple[float, ...]) -> tuple[float, float, float, float]:

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from simvg.data.records import DataFormatError, GroundingRecord, xywh_to_xyxy
+from simvg.data.records import DataFormatError, GroundingRecord, check_box, xywh_to_xyxy
 
 # Dataset name (as in the SimVG layout) -> (refer folder, split_by).
 REFER_DATASETS = {
@@ -88,20 +88,30 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
             continue
         ref_id = ref.get("ref_id", index)
         where = f"{path}: ref {index} (ref_id {ref_id})"
-        try:
-            ann = coco.anns[ref["ann_id"]]
-            image = coco.imgs[ref["image_id"]]
-        except KeyError as err:
-            raise DataFormatError(f"{where}: {err} not found in {coco_path}") from err
+        missing = [key for key in ("ann_id", "image_id") if key not in ref]
+        if missing:
+            raise DataFormatError(f"{where}: the ref has no {' or '.join(missing)}")
+        if ref["ann_id"] not in coco.anns:
+            raise DataFormatError(f"{where}: annotation id {ref['ann_id']!r} not found in {coco_path}")
+        if ref["image_id"] not in coco.imgs:
+            raise DataFormatError(f"{where}: image id {ref['image_id']!r} not found in {coco_path}")
+        ann, image = coco.anns[ref["ann_id"]], coco.imgs[ref["image_id"]]
         sentences = ref.get("sentences") or []
-        expressions = [str(s.get("sent", s.get("raw", ""))).strip() for s in sentences if isinstance(s, dict)]
+        expressions = [_sentence_text(s).strip() for s in sentences if isinstance(s, dict)]
         expressions = [e for e in expressions if e]
         if not expressions:
             raise DataFormatError(f"{where}: no sentences")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-            raise DataFormatError(f"{where}: annotation {ref['ann_id']} has an invalid bbox {bbox!r}")
+        width, height = image.get("width"), image.get("height")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in (width, height)):
+            raise DataFormatError(f"{where}: image {ref['image_id']!r} in {coco_path} needs positive "
+                                  f"'width' and 'height', got {width!r} and {height!r}")  # fmt: skip
+        width, height = int(width), int(height)
+        check_box(ann.get("bbox"), width, height, f"{where}: annotation {ref['ann_id']}")
+        bbox = ann["bbox"]
         file_name = image.get("file_name") or ref.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise DataFormatError(f"{where}: neither image {ref['image_id']!r} in {coco_path} nor the ref has a "
+                                  f"'file_name'")  # fmt: skip
         if ref["image_id"] not in objects_by_image:
             objects_by_image[ref["image_id"]] = image_objects(coco, ref["image_id"])
         records.append(
@@ -111,8 +121,8 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
                 expressions=expressions,
                 ref_id=ref_id,
                 image_id=ref["image_id"],
-                width=int(image["width"]),
-                height=int(image["height"]),
+                width=width,
+                height=height,
                 dataset=dataset,
                 split=split,
                 extra={"category_id": ref.get("category_id"), "ann_id": ref["ann_id"],
@@ -120,3 +130,11 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
             )
         )
     return records
+
+
+def _sentence_text(sentence: dict) -> str:
+    """A refs sentence's text: its "sent", else its "raw" (strings only; anything else is no text)."""
+    for key in ("sent", "raw"):
+        if isinstance(sentence.get(key), str):
+            return sentence[key]
+    return ""

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from simvg.data.records import DataFormatError, GroundingRecord, xywh_to_xyxy
+from simvg.data.records import DataFormatError, GroundingRecord, check_box, xywh_to_xyxy
 
 COCO_TEMPLATE = "mscoco/train2014/COCO_train2014_%012d.jpg"
 IMAGE_TEMPLATES = {
@@ -55,10 +55,6 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
     if missing:
         raise DataFormatError(f"{where}: missing field(s) {', '.join(missing)}")
     bbox = raw["bbox"]
-    if not _is_box(bbox):
-        raise DataFormatError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        raise DataFormatError(f"{where}: bbox has non-positive width or height: {bbox!r}")
     expressions = raw["expressions"]
     if (
         not isinstance(expressions, list)
@@ -73,6 +69,7 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
         value = raw.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise DataFormatError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    check_box(bbox, raw["width"], raw["height"], where)
     _check_objects(raw.get("objects"), where)
     try:
         relpath = _image_relpath(dataset, raw)
@@ -123,7 +120,9 @@ def read_split_names(path: Path) -> list[str]:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{path}: not UTF-8 text: {err}") from err
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: not valid JSON: {err}") from err
     if not isinstance(data, dict):
@@ -138,6 +137,8 @@ def read_simvg_layout(data_root: Path, dataset: str, split: str, image_root: Pat
     if split not in data:
         raise DataFormatError(f"{path}: no split '{split}'; available splits: {', '.join(data)}")
     raws = data[split]
+    if isinstance(raws, list) and not raws:
+        raise DataFormatError(f"{path}: split '{split}' has no records")
     if not isinstance(raws, list):
         raise DataFormatError(f"{path}: split '{split}' must be a list of records")
     return [_parse_record(raw, i, dataset, split, path, image_root) for i, raw in enumerate(raws)]

@@ -17,7 +17,7 @@ from distill.takfl import (
     tune_lambdas,
     uniform_lambdas,
 )
-from simvg.config import Config
+from simvg.config import Config, to_dict
 from simvg.distillation.loss import DistillationLoss
 from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
 from simvg.distillation.student import build_student
@@ -40,6 +40,33 @@ def load_teachers(paths: list[str]) -> list[dict]:
     return teachers
 
 
+def check_teachers_agree(teachers: list[dict], merge: str) -> None:
+    """Several teachers must see the same inputs (image size, phrase length); for TAKFL, whose
+    per-teacher students are merged weight by weight, they must have the same architecture."""
+    first = teachers[0]
+    for teacher in teachers[1:]:
+        a, b = first["config"].model, teacher["config"].model
+        if (a.image_size, a.max_text_length) != (b.image_size, b.max_text_length):
+            raise ValueError(f"teachers {first['path']} and {teacher['path']} take different inputs (image size "
+                             f"{a.image_size} vs {b.image_size}, phrase length {a.max_text_length} vs "
+                             f"{b.max_text_length}): distil from teachers trained alike")  # fmt: skip
+        if merge == "takfl" and to_dict(a) != to_dict(b):
+            raise ValueError(f"TAKFL merges students built from each teacher, so the teachers need one "
+                             f"architecture; {first['path']} and {teacher['path']} differ in model config "
+                             f"(use distill.merge=average, or teachers of one recipe)")  # fmt: skip
+
+
+def check_takfl_output(directory: Path, teacher: dict) -> None:
+    """A TAKFL per-teacher run in ``directory`` must come from ``teacher`` (not from another
+    teacher given in another order)."""
+    config = directory / "last" / "config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text()).get("teachers")
+        if recorded is not None and [Path(r).resolve() for r in recorded] != [Path(teacher["path"]).resolve()]:
+            raise ValueError(f"{directory} was distilled from {recorded[0]}, not {teacher['path']}: give the "
+                             f"teachers in the order of the run being resumed, or choose another --output")  # fmt: skip
+
+
 def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
                 resume: bool, stop_after: int | None, progress: bool, start: dict | None = None) -> dict:  # fmt: skip
     """Distil from ``teachers`` (averaged if several) into a fresh student; returns fit's summary."""
@@ -48,13 +75,14 @@ def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path
                                               first["meta"]["vocab_size"], base)  # fmt: skip
     start_model = None
     train_set, val_set = build_datasets(config, data_root, first["tokenizer"])
+    # Before any work: its checks (e.g. landmark supervision on data without landmarks) end the run.
+    auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
     if start is not None:  # TAKFL: every per-teacher student starts from the same weights
         student.load_state_dict(start)
         start_model = copy.deepcopy(student)
     elif needs_stem_hints(config, first["config"]) and not (resume and (output / "last").exists()):
         fit_student_stem(student, first["model"], train_set, config, context.device,
                          first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
-    auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
     module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model, auxiliary)
     extra = {"teachers": [t["path"] for t in teachers], "distilled": True}
     task = TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
@@ -82,8 +110,11 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
     first = teachers[0]
     student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
                                               first["meta"]["vocab_size"], base)  # fmt: skip
+    train_set, _ = build_datasets(config, data_root, first["tokenizer"])
+    build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)  # its checks, before any work
+    for j, teacher in enumerate(teachers):
+        check_takfl_output(output / f"teacher{j}", teacher)
     if needs_stem_hints(config, first["config"]):  # deterministic: a resumed run rebuilds the same start
-        train_set, _ = build_datasets(config, data_root, first["tokenizer"])
         fit_student_stem(student, first["model"], train_set, config, context.device,
                          first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
     start_state = {k: v.clone() for k, v in student.state_dict().items()}
@@ -153,6 +184,8 @@ def distill_command(config: Config, args: argparse.Namespace) -> int:
     for path in args.teacher:
         resolve_checkpoint(path)
     teachers = load_teachers(args.teacher)
+    if len(teachers) > 1:
+        check_teachers_agree(teachers, config.distill.merge)
     context = setup_distributed(args.device)
     try:
         kwargs = dict(context=context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)

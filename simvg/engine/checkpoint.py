@@ -64,13 +64,19 @@ def _current_umask() -> int:
 
 
 def write_atomically(target: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``.
+    """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``, which
+    must not exist, be empty, or be a checkpoint (a directory with other files is refused).
 
     The old ``target`` (if any) is renamed to ``<target>.old`` first and removed after the
     new one is in place; :func:`resolve_checkpoint` falls back to ``.old`` if a crash
     happened in between.
     """
     target = Path(target)
+    if target.is_file() or target.is_symlink():
+        raise CheckpointError(f"{target} is a file, not a checkpoint directory: refusing to replace it")
+    if target.is_dir() and any(target.iterdir()) and not all((target / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
+        raise CheckpointError(f"{target} holds files but no checkpoint ({CONFIG_FILE}, {WEIGHTS_FILE}): refusing to "
+                              f"replace it; choose a new or empty directory")  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -101,7 +107,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{path} is not a checkpoint directory (expected {CONFIG_FILE} and {WEIGHTS_FILE} inside)")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}")
+            inside = [path / sub for sub in ("best", "last") if (path / sub / WEIGHTS_FILE).is_file()]
+            hint = f" (a training run's folder? its checkpoint is {inside[0]})" if inside else ""
+            raise CheckpointError(f"checkpoint {path} is missing {name}{hint}")
     return path
 
 

@@ -82,6 +82,8 @@ def test_unknown_split_lists_splits(simvg_root):
         ({"objects": {"bbox": [1, 2, 3, 4]}}, "'objects' must be a list"),
         ({"objects": [{"bbox": [1, 2, 3, 4]}, {"bbox": "1 2 3 4"}]}, "objects[1] needs a 'bbox' of 4 numbers"),
         ({"objects": [[1, 2, 3, 4]]}, "objects[0] needs a 'bbox'"),
+        ({"bbox": [40, 2, 5, 5]}, "lies outside the 30x50 image"),
+        ({"bbox": [1, 2, float("nan"), 5]}, "non-finite"),
     ],
 )
 def test_malformed_record_names_its_id_and_file(simvg_root, change, message):
@@ -148,3 +150,50 @@ def test_synthref_records_list_every_object_with_its_category(synthref_root):
         assert (record.box_xyxy, record.category) in objects
     record.extra.pop("objects")
     assert record.scene_objects() is None
+
+
+def test_split_files_that_are_not_utf8_or_empty_are_named(simvg_root):
+    path = simvg_root / "annotations" / "mydata" / "instances.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "val": []}))
+    with pytest.raises(DataFormatError, match=r"instances.json: split 'val' has no records"):
+        load_records(simvg_root, "mydata", "val")
+    path.write_bytes(json.dumps(data).replace("tall bar", "tall b\u00e9r").encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"instances.json: not UTF-8"):
+        load_records(simvg_root, "mydata", "train")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"ann_id": None}, "the ref has no ann_id"),
+    ({"sentences": [{"sent": None, "raw": None}]}, "no sentences"),
+])  # fmt: skip
+def test_refer_layout_bad_refs_are_named(tmp_path, change, message):
+    ref = {"ref_id": 7, "ann_id": 1001, "image_id": 581857, "split": "train", "sentences": [{"sent": "x"}]}
+    ref.update(change)
+    ref = {k: v for k, v in ref.items() if v is not None}
+    root = write_refer_layout(tmp_path / "data", [ref])
+    with pytest.raises(DataFormatError, match=rf"ref_id 7\).*{message}"):
+        load_records(root, "refcoco-unc", "train")
+
+
+@pytest.mark.parametrize(("field", "message"), [("width", "needs positive 'width' and 'height'"),
+                                                ("file_name", "has a 'file_name'")])  # fmt: skip
+def test_refer_layout_image_entries_without_size_or_name_are_named(tmp_path, field, message):
+    ref = {"ref_id": 7, "ann_id": 1001, "image_id": 581857, "split": "train", "sentences": [{"sent": "x"}]}
+    root = write_refer_layout(tmp_path / "data", [ref])
+    path = root / "refcoco" / "instances.json"
+    coco = json.loads(path.read_text())
+    del coco["images"][0][field]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(DataFormatError, match=rf"ref_id 7\).*{message}"):
+        load_records(root, "refcoco-unc", "train", check_images=False)
+
+
+def test_refer_layout_box_outside_its_image_is_named(tmp_path):
+    root = write_refer_layout(tmp_path / "data")
+    path = root / "refcoco" / "instances.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["bbox"] = [70.0, 12.0, 20.0, 16.0]  # the image is 64 wide
+    path.write_text(json.dumps(coco))
+    with pytest.raises(DataFormatError, match=r"ref_id 7\): annotation 1001: bbox .* outside the 64x48 image"):
+        load_records(root, "refcoco-unc", "train", check_images=False)

@@ -201,3 +201,28 @@ def test_distillation_with_stem_hints_resumes_exactly(tiny_run, synthref_root, t
     b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_takfl_checks_its_teachers_and_settings_before_any_work(tiny_run, synthref_root, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run / "last", other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["config"]["model"]["head"]["reference_window"] = 3  # the same weights, another model config
+    (other / "config.json").write_text(json.dumps(meta))
+    assert distill([tiny_run / "last", other], synthref_root, tmp_path / "takfl") == 2
+    assert "need one architecture" in capsys.readouterr().err
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "distill.merge_lambdas=bogus") == 2
+    assert "distill.merge_lambdas" in capsys.readouterr().err
+    assert not (tmp_path / "takfl").exists() and not (tmp_path / "bogus").exists()
+
+
+def test_an_interrupted_takfl_run_is_neither_restarted_nor_resumed_with_other_teachers(
+    tiny_run, second_teacher, synthref_root, tmp_path, capsys
+):
+    teachers = [tiny_run / "last", second_teacher]
+    assert distill(teachers, synthref_root, tmp_path / "takfl", "--stop-after", "1") == 0
+    assert (tmp_path / "takfl" / "teacher0" / "last").is_dir()
+    assert distill(teachers, synthref_root, tmp_path / "takfl") == 2  # without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert distill(teachers[::-1], synthref_root, tmp_path / "takfl", "--resume") == 2
+    assert "was distilled from" in capsys.readouterr().err

@@ -123,3 +123,19 @@ def test_interrupted_swap_falls_back_to_the_old_copy(tmp_path):
     (tmp_path / "ckpt").rename(tmp_path / "ckpt.old")  # crash between the two renames
     assert resolve_checkpoint(tmp_path / "ckpt") == tmp_path / "ckpt.old"
     load_checkpoint(tmp_path / "ckpt")
+
+
+def test_saving_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="holds files but no checkpoint"):
+        save_tiny(victim)
+    assert (victim / "notes.txt").read_text() == "mine" and (victim / "sub").is_dir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_tiny(tmp_path / "afile")
+    (tmp_path / "empty").mkdir()
+    save_tiny(tmp_path / "empty")  # an empty directory is fine
+    save_tiny(tmp_path / "empty")  # and so is replacing a checkpoint
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
