@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from pathlib import Path
 
 from simvg.data.records import DataFormatError, GroundingRecord
@@ -62,4 +64,9 @@ def load_records(
                 raise FileNotFoundError(
                     f"image not found: {path} (dataset '{dataset}', split '{split}', ref_id {ref.ref_id})"
                 )
+    repeated = [ref_id for ref_id, count in Counter(r.ref_id for r in records).items() if count > 1]
+    if repeated:
+        warnings.warn(f"dataset '{dataset}', split '{split}': {len(repeated)} ref_id(s) are used by more than one "
+                      f"record (e.g. {repeated[0]!r}); saved predictions will not tell those records apart",
+                      stacklevel=2)  # fmt: skip
     return records

@@ -17,7 +17,7 @@ from distill.takfl import (
     tune_lambdas,
     uniform_lambdas,
 )
-from simvg.config import Config, to_dict
+from simvg.config import Config, ModelConfig, to_dict
 from simvg.distillation.loss import DistillationLoss
 from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
 from simvg.distillation.student import build_student
@@ -180,6 +180,11 @@ def distill_command(config: Config, args: argparse.Namespace) -> int:
     if config.train.stem_pretrain_steps > 0:
         raise ValueError("train.stem_pretrain_steps is for `simvg train`; a distilled student's stem starts from the "
                          "teacher's (copied, or fitted to it: distill.stem_hint_steps); set it to 0")  # fmt: skip
+    resumed = args.resume and (Path(args.output) / "config.json").is_file()  # the run's own config: the student's model
+    if not resumed and to_dict(config.model) != to_dict(ModelConfig()):
+        changed = sorted(k for k, v in to_dict(config.model).items() if v != to_dict(ModelConfig())[k])
+        raise ValueError(f"simvg distill builds the student's model from the teacher's and distill.* (student_layers, "
+                         f"stem_conv, ...); model.* settings are not used: remove model.{', model.'.join(changed)}")  # fmt: skip
     output = Path(args.output)
     for path in args.teacher:
         resolve_checkpoint(path)

@@ -197,3 +197,12 @@ def test_refer_layout_box_outside_its_image_is_named(tmp_path):
     path.write_text(json.dumps(coco))
     with pytest.raises(DataFormatError, match=r"ref_id 7\): annotation 1001: bbox .* outside the 64x48 image"):
         load_records(root, "refcoco-unc", "train", check_images=False)
+
+
+def test_repeated_ref_ids_are_warned_about(simvg_root):
+    path = simvg_root / "annotations" / "mydata" / "instances.json"
+    data = json.loads(path.read_text())
+    data["train"][1]["ref_id"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"split 'train': 1 ref_id\(s\) are used by more than one record \(e.g. 1\)"):
+        load_records(simvg_root, "mydata", "train")

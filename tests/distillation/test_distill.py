@@ -213,6 +213,8 @@ def test_takfl_checks_its_teachers_and_settings_before_any_work(tiny_run, synthr
     assert "need one architecture" in capsys.readouterr().err
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "distill.merge_lambdas=bogus") == 2
     assert "distill.merge_lambdas" in capsys.readouterr().err
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "model.image_size=96") == 2
+    assert "model.* settings are not used: remove model.image_size" in capsys.readouterr().err
     assert not (tmp_path / "takfl").exists() and not (tmp_path / "bogus").exists()
 
 
