@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -64,9 +65,11 @@ def load_records(
                 raise FileNotFoundError(
                     f"image not found: {path} (dataset '{dataset}', split '{split}', ref_id {ref.ref_id})"
                 )
-    repeated = [ref_id for ref_id, count in Counter(r.ref_id for r in records).items() if count > 1]
+    # ref_ids are whatever the file holds (numbers, strings, even lists): counted by their JSON text.
+    counts = Counter(json.dumps(r.ref_id, sort_keys=True, default=str) for r in records)
+    repeated = [ref_id for ref_id, count in counts.items() if count > 1]
     if repeated:
         warnings.warn(f"dataset '{dataset}', split '{split}': {len(repeated)} ref_id(s) are used by more than one "
-                      f"record (e.g. {repeated[0]!r}); saved predictions will not tell those records apart",
+                      f"record (e.g. {repeated[0]}); saved predictions will not tell those records apart",
                       stacklevel=2)  # fmt: skip
     return records

@@ -41,30 +41,40 @@ def load_teachers(paths: list[str]) -> list[dict]:
 
 
 def check_teachers_agree(teachers: list[dict], merge: str) -> None:
-    """Several teachers must see the same inputs (image size, phrase length); for TAKFL, whose
-    per-teacher students are merged weight by weight, they must have the same architecture."""
+    """Several teachers must see the same images (one image size); for TAKFL, whose
+    per-teacher students are merged weight by weight, they must also have the same weights'
+    names and shapes (settings that change no weight, e.g. the attention kernel, may differ)."""
     first = teachers[0]
+    shapes = {name: tuple(t.shape) for name, t in first["model"].state_dict().items()}
     for teacher in teachers[1:]:
-        a, b = first["config"].model, teacher["config"].model
-        if (a.image_size, a.max_text_length) != (b.image_size, b.max_text_length):
-            raise ValueError(f"teachers {first['path']} and {teacher['path']} take different inputs (image size "
-                             f"{a.image_size} vs {b.image_size}, phrase length {a.max_text_length} vs "
-                             f"{b.max_text_length}): distil from teachers trained alike")  # fmt: skip
-        if merge == "takfl" and to_dict(a) != to_dict(b):
-            raise ValueError(f"TAKFL merges students built from each teacher, so the teachers need one "
-                             f"architecture; {first['path']} and {teacher['path']} differ in model config "
-                             f"(use distill.merge=average, or teachers of one recipe)")  # fmt: skip
+        a, b = first["config"].model.image_size, teacher["config"].model.image_size
+        if a != b:
+            raise ValueError(f"teachers {first['path']} and {teacher['path']} take images of different sizes ({a} vs "
+                             f"{b} px): distil from teachers trained alike")  # fmt: skip
+        if merge != "takfl":
+            continue
+        other = {name: tuple(t.shape) for name, t in teacher["model"].state_dict().items()}
+        if other != shapes:
+            differ = sorted(set(shapes) ^ set(other)) or sorted(n for n in shapes if shapes[n] != other[n])
+            raise ValueError(f"TAKFL merges students built from each teacher, so the teachers need one architecture; "
+                             f"{first['path']} and {teacher['path']} differ (e.g. {differ[0]}): use "
+                             f"distill.merge=average, or teachers of one recipe")  # fmt: skip
 
 
 def check_takfl_output(directory: Path, teacher: dict) -> None:
     """A TAKFL per-teacher run in ``directory`` must come from ``teacher`` (not from another
-    teacher given in another order)."""
+    teacher given in another order). Paths are compared resolved; a recorded relative path
+    that does not resolve from here cannot be judged and is let through."""
     config = directory / "last" / "config.json"
-    if config.is_file():
-        recorded = json.loads(config.read_text()).get("teachers")
-        if recorded is not None and [Path(r).resolve() for r in recorded] != [Path(teacher["path"]).resolve()]:
-            raise ValueError(f"{directory} was distilled from {recorded[0]}, not {teacher['path']}: give the "
-                             f"teachers in the order of the run being resumed, or choose another --output")  # fmt: skip
+    if not config.is_file():
+        return
+    recorded = json.loads(config.read_text()).get("teachers")
+    if not recorded:
+        return
+    then, now = Path(recorded[0]), Path(teacher["path"]).resolve()
+    if (then.is_absolute() or then.exists()) and then.resolve() != now:
+        raise ValueError(f"{directory} was distilled from {recorded[0]}, not {teacher['path']}: give the "
+                         f"teachers in the order of the run being resumed, or choose another --output")  # fmt: skip
 
 
 def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
@@ -84,7 +94,7 @@ def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path
         fit_student_stem(student, first["model"], train_set, config, context.device,
                          first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
     module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model, auxiliary)
-    extra = {"teachers": [t["path"] for t in teachers], "distilled": True}
+    extra = {"teachers": [str(Path(t["path"]).resolve()) for t in teachers], "distilled": True}
     task = TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
                         tokenizer=first["tokenizer"], train_dataset=train_set, val_dataset=val_set,
                         eval_branches=("token",), checkpoint_extra=extra)  # fmt: skip
@@ -167,7 +177,7 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
     merged = merge_task_vectors(start_state, vectors, lambdas)
     student.load_state_dict(merged)
     accuracy = evaluate(merged)
-    extra = {"teachers": [t["path"] for t in teachers], "distilled": True, "merge": "takfl",
+    extra = {"teachers": [str(Path(t["path"]).resolve()) for t in teachers], "distilled": True, "merge": "takfl",
              "lambdas": lambdas, "lambda_scores": scores, "val_acc@0.5": accuracy}  # fmt: skip
     for name in ("last", "best"):
         save_checkpoint(output / name, student, config, backbone, first["tokenizer"], extra=extra)
@@ -182,7 +192,7 @@ def distill_command(config: Config, args: argparse.Namespace) -> int:
                          "teacher's (copied, or fitted to it: distill.stem_hint_steps); set it to 0")  # fmt: skip
     resumed = args.resume and (Path(args.output) / "config.json").is_file()  # the run's own config: the student's model
     if not resumed and to_dict(config.model) != to_dict(ModelConfig()):
-        changed = sorted(k for k, v in to_dict(config.model).items() if v != to_dict(ModelConfig())[k])
+        changed = _changed_keys(to_dict(config.model), to_dict(ModelConfig()))
         raise ValueError(f"simvg distill builds the student's model from the teacher's and distill.* (student_layers, "
                          f"stem_conv, ...); model.* settings are not used: remove model.{', model.'.join(changed)}")  # fmt: skip
     output = Path(args.output)
@@ -206,3 +216,14 @@ def distill_command(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=float))
     torch.set_grad_enabled(True)
     return 0
+
+
+def _changed_keys(values: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Dotted keys where ``values`` differs from ``defaults`` (nested dicts walked)."""
+    changed = []
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            changed += _changed_keys(value, defaults[key], f"{prefix}{key}.")
+        elif value != defaults.get(key):
+            changed.append(f"{prefix}{key}")
+    return changed

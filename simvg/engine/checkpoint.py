@@ -65,25 +65,35 @@ def _current_umask() -> int:
 
 def write_atomically(target: Path, write: Any) -> None:
     """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``, which
-    must not exist, be empty, or be a checkpoint (a directory with other files is refused).
+    must not exist, be empty, or be a checkpoint (a directory with files but no checkpoint is
+    refused). Files of the old checkpoint that ``write`` does not write again (a user's
+    predictions, a ``.git``) are carried over into the new one.
 
     The old ``target`` (if any) is renamed to ``<target>.old`` first and removed after the
     new one is in place; :func:`resolve_checkpoint` falls back to ``.old`` if a crash
-    happened in between.
+    happened in between. A symbolic link to a directory is written through.
     """
     target = Path(target)
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()
     if target.is_file() or target.is_symlink():
-        raise CheckpointError(f"{target} is a file, not a checkpoint directory: refusing to replace it")
+        raise CheckpointError(f"{target} is a file or a dangling link, not a checkpoint directory: refusing to replace it")
     if target.is_dir() and any(target.iterdir()) and not all((target / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
         raise CheckpointError(f"{target} holds files but no checkpoint ({CONFIG_FILE}, {WEIGHTS_FILE}): refusing to "
                               f"replace it; choose a new or empty directory")  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old = target.with_name(target.name + ".old")
+    carried: list[str] = []
     try:
         write(tmp)
         _default_permissions(tmp)
         _fsync_tree(tmp)
-        old = target.with_name(target.name + ".old")
+        if target.is_dir():
+            for entry in target.iterdir():
+                if not (tmp / entry.name).exists():
+                    os.replace(entry, tmp / entry.name)
+                    carried.append(entry.name)
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
@@ -91,6 +101,11 @@ def write_atomically(target: Path, write: Any) -> None:
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if carried and not target.exists() and old.is_dir():  # failed between the two renames
+            os.replace(old, target)
+        for name in carried:  # the user's files go back where they were
+            if (tmp / name).exists() and target.is_dir():
+                os.replace(tmp / name, target / name)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

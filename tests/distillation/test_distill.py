@@ -1,5 +1,6 @@
 """``simvg distill``: a cheaper student from a teacher checkpoint, one or several teachers."""
 
+import copy
 import json
 import shutil
 
@@ -204,17 +205,30 @@ def test_distillation_with_stem_hints_resumes_exactly(tiny_run, synthref_root, t
 
 
 def test_takfl_checks_its_teachers_and_settings_before_any_work(tiny_run, synthref_root, tmp_path, capsys):
+    from simvg.distillation.run import check_teachers_agree, load_teachers
+    from simvg.engine.checkpoint import save_checkpoint
+    from simvg.models import build_model
+
+    teacher = Grounder.from_pretrained(tiny_run / "last", device="cpu")
+    wider = copy.deepcopy(teacher.config)
+    wider.model.head.hidden_dim *= 2  # another architecture
+    save_checkpoint(tmp_path / "wider", build_model(wider.model, len(teacher.tokenizer), teacher.backbone_config),
+                    wider, teacher.backbone_config, teacher.tokenizer)  # fmt: skip
+    assert distill([tiny_run / "last", tmp_path / "wider"], synthref_root, tmp_path / "takfl") == 2
+    assert "need one architecture" in capsys.readouterr().err
+    # Settings that change no weight do not make another architecture.
     other = tmp_path / "other"
     shutil.copytree(tiny_run / "last", other)
     meta = json.loads((other / "config.json").read_text())
-    meta["config"]["model"]["head"]["reference_window"] = 3  # the same weights, another model config
+    meta["config"]["model"]["head"]["reference_window"] = 3
+    meta["config"]["model"]["encoder"]["attention"] = "sdpa"
     (other / "config.json").write_text(json.dumps(meta))
-    assert distill([tiny_run / "last", other], synthref_root, tmp_path / "takfl") == 2
-    assert "need one architecture" in capsys.readouterr().err
+    check_teachers_agree(load_teachers([str(tiny_run / "last"), str(other)]), "takfl")
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "distill.merge_lambdas=bogus") == 2
     assert "distill.merge_lambdas" in capsys.readouterr().err
-    assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "model.image_size=96") == 2
-    assert "model.* settings are not used: remove model.image_size" in capsys.readouterr().err
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "bogus", "--set", "model.image_size=96",
+                   "--set", "model.encoder.attention=sdpa") == 2  # fmt: skip
+    assert "model.* settings are not used: remove model.image_size, model.encoder.attention" in capsys.readouterr().err
     assert not (tmp_path / "takfl").exists() and not (tmp_path / "bogus").exists()
 
 

@@ -139,3 +139,31 @@ def test_saving_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path):
     save_tiny(tmp_path / "empty")  # an empty directory is fine
     save_tiny(tmp_path / "empty")  # and so is replacing a checkpoint
     assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_a_users_files_in_a_checkpoint_survive_its_next_save(tmp_path):
+    save_tiny(tmp_path / "best")
+    (tmp_path / "best" / "preds.jsonl").write_text("mine")
+    (tmp_path / "best" / ".git").mkdir()
+    save_tiny(tmp_path / "best")
+    assert (tmp_path / "best" / "preds.jsonl").read_text() == "mine" and (tmp_path / "best" / ".git").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_a_failed_save_gives_the_users_files_back(tmp_path):
+    save_tiny(tmp_path / "best")
+    (tmp_path / "best" / "preds.jsonl").write_text("mine")
+
+    def broken(directory):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(tmp_path / "best", broken)
+    assert (tmp_path / "best" / "preds.jsonl").read_text() == "mine"
+
+
+def test_saving_through_a_link_to_a_checkpoint_directory(tmp_path):
+    save_tiny(tmp_path / "v3")
+    (tmp_path / "current").symlink_to(tmp_path / "v3", target_is_directory=True)
+    save_tiny(tmp_path / "current")
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / "model.safetensors").is_file()
