@@ -138,6 +138,7 @@ def save_checkpoint(
     training_state: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     weights_dtype: torch.dtype | None = None,
+    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Write a checkpoint directory atomically.
 
@@ -145,6 +146,7 @@ def save_checkpoint(
     weights_dtype: store floating-point weights in this dtype (e.g. torch.float16 halves the
         file); loading casts them back to the model's float32.
     training_state: JSON-serialisable loop state for ``--resume`` (with ``optimizer``).
+    tensor_files: more safetensors files to write in the same atomic step, name -> tensors.
     """
 
     def write(tmp: Path) -> None:
@@ -167,6 +169,8 @@ def save_checkpoint(
                 state["param_groups"] = optimizer_groups(optimizer)
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        for name, file_tensors in (tensor_files or {}).items():
+            save_file({k: v.contiguous() for k, v in file_tensors.items()}, str(tmp / name))
 
     write_atomically(Path(directory), write)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -180,8 +180,8 @@ def fit(
             extra={"step": step, **task.checkpoint_extra},
             training_state={"step": step, "best_metric": best_metric},
             optimizer=optimizer,
+            tensor_files={MODULE_STATE_FILE: module.state_dict()},  # in the same atomic step as the weights
         )  # fmt: skip
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(last_dir / MODULE_STATE_FILE))
 
     def validate(step: int) -> None:
         nonlocal best_metric

@@ -167,3 +167,17 @@ def test_saving_through_a_link_to_a_checkpoint_directory(tmp_path):
     (tmp_path / "current").symlink_to(tmp_path / "v3", target_is_directory=True)
     save_tiny(tmp_path / "current")
     assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / "model.safetensors").is_file()
+
+
+def test_a_training_runs_module_state_is_saved_in_the_same_atomic_step(tmp_path):
+    from safetensors.torch import load_file
+
+    model, tokenizer, config = tiny_model()
+    state = {"head.weight": torch.ones(2, 3)}
+    save_checkpoint(tmp_path / "last", model, config, model.encoder.backbone_config(), tokenizer,
+                    tensor_files={"training_module.safetensors": state})  # fmt: skip
+    assert torch.equal(load_file(str(tmp_path / "last" / "training_module.safetensors"))["head.weight"], state["head.weight"])
+    # The next save writes its own copy, never keeping the previous one's.
+    save_checkpoint(tmp_path / "last", model, config, model.encoder.backbone_config(), tokenizer,
+                    tensor_files={"training_module.safetensors": {"head.weight": torch.zeros(2, 3)}})  # fmt: skip
+    assert load_file(str(tmp_path / "last" / "training_module.safetensors"))["head.weight"].sum() == 0
