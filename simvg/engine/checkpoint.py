@@ -26,6 +26,11 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
+MODULE_STATE_FILE = "training_module.safetensors"  # a training run's whole module (heads of auxiliary losses too)
+# What a checkpoint writes: a save replaces these (drops those it does not write again) and
+# carries any other file of the old checkpoint over (a user's predictions, a .git).
+CHECKPOINT_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, MODULE_STATE_FILE,
+                    "tokenizer.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"}  # fmt: skip
 FORMAT_VERSION = 1
 
 
@@ -66,8 +71,8 @@ def _current_umask() -> int:
 def write_atomically(target: Path, write: Any) -> None:
     """Call ``write(tmp_dir)`` to fill a fresh directory, then move it to ``target``, which
     must not exist, be empty, or be a checkpoint (a directory with files but no checkpoint is
-    refused). Files of the old checkpoint that ``write`` does not write again (a user's
-    predictions, a ``.git``) are carried over into the new one.
+    refused). Files of the old checkpoint other than checkpoint files (:data:`CHECKPOINT_FILES`:
+    a user's predictions, a ``.git``) are carried over into the new one.
 
     The old ``target`` (if any) is renamed to ``<target>.old`` first and removed after the
     new one is in place; :func:`resolve_checkpoint` falls back to ``.old`` if a crash
@@ -91,7 +96,7 @@ def write_atomically(target: Path, write: Any) -> None:
         _fsync_tree(tmp)
         if target.is_dir():
             for entry in target.iterdir():
-                if not (tmp / entry.name).exists():
+                if entry.name not in CHECKPOINT_FILES and not (tmp / entry.name).exists():
                     os.replace(entry, tmp / entry.name)
                     carried.append(entry.name)
         if old.exists():

@@ -29,12 +29,15 @@ from tqdm import tqdm
 
 from simvg.config import Config, to_dict
 from simvg.data.dataset import Batch, Collator, GroundingDataset, StepSampler
-from simvg.engine.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+from simvg.engine.checkpoint import (
+    MODULE_STATE_FILE,
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from simvg.engine.distributed import DistributedContext
 from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
 from simvg.engine.optim import autocast, build_optimizer, lr_factor, resolve_amp, set_learning_rate
-
-MODULE_STATE_FILE = "training_module.safetensors"
 
 
 @dataclass

@@ -181,3 +181,6 @@ def test_a_training_runs_module_state_is_saved_in_the_same_atomic_step(tmp_path)
     save_checkpoint(tmp_path / "last", model, config, model.encoder.backbone_config(), tokenizer,
                     tensor_files={"training_module.safetensors": {"head.weight": torch.zeros(2, 3)}})  # fmt: skip
     assert load_file(str(tmp_path / "last" / "training_module.safetensors"))["head.weight"].sum() == 0
+    # A checkpoint saved without training state over one with it keeps none of the old one's.
+    save_tiny(tmp_path / "last")
+    assert not (tmp_path / "last" / "training_module.safetensors").exists()
