@@ -85,11 +85,19 @@ class GroundingRecord:
         return xywh_to_xyxy(matches[0]["bbox"]) if len(matches) == 1 else None
 
 
+def is_box(value: object) -> bool:
+    """Whether ``value`` is a list or tuple of 4 numbers (not bools)."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
 def check_box(bbox: object, width: int, height: int, where: str) -> None:
     """Raise DataFormatError (prefixed ``where``) unless ``bbox`` is a COCO [x, y, w, h] of 4
     finite numbers with a positive size that overlaps the ``width`` x ``height`` image."""
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):  # fmt: skip
+    if not is_box(bbox):
         raise DataFormatError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
     if not all(math.isfinite(v) for v in bbox):
         raise DataFormatError(f"{where}: bbox holds a non-finite number: {bbox!r}")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from simvg.data.records import DataFormatError, GroundingRecord, check_box, xywh_to_xyxy
+from simvg.data.records import DataFormatError, GroundingRecord, check_box, is_box, xywh_to_xyxy
 
 COCO_TEMPLATE = "mscoco/train2014/COCO_train2014_%012d.jpg"
 IMAGE_TEMPLATES = {
@@ -93,14 +93,6 @@ def _parse_record(raw: Any, index: int, dataset: str, split: str, path: Path, im
     )
 
 
-def _is_box(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
-
-
 def _check_objects(objects: Any, where: str) -> None:
     """The optional ``objects`` field (every object of the image, SynthRef): a list of JSON
     objects, each with a ``bbox`` of 4 numbers [x, y, w, h]."""
@@ -109,7 +101,7 @@ def _check_objects(objects: Any, where: str) -> None:
     if not isinstance(objects, list):
         raise DataFormatError(f"{where}: 'objects' must be a list of objects, got {type(objects).__name__}")
     for k, obj in enumerate(objects):
-        if not isinstance(obj, dict) or not _is_box(obj.get("bbox")):
+        if not isinstance(obj, dict) or not is_box(obj.get("bbox")):
             shown = obj.get("bbox") if isinstance(obj, dict) else obj
             raise DataFormatError(f"{where}: objects[{k}] needs a 'bbox' of 4 numbers [x, y, w, h], got {shown!r}")
 
