@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
 from simvg.config import Config, ConfigError, from_dict, to_dict
 
@@ -192,6 +192,16 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     return meta
 
 
+# Parameters older checkpoints carry that had no effect on any output and were removed: the
+# words landmark pointer's selection and key biases (each added one constant to every score
+# before a softmax, over the words or over the cells).
+_RETIRED_SUFFIXES = ("landmark_relation.pointer.select.bias", "landmark_relation.pointer.key.bias")
+
+
+def _retired(key: str) -> bool:
+    return key.endswith(_RETIRED_SUFFIXES)
+
+
 def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     """Rebuild the model from a checkpoint directory.
 
@@ -219,7 +229,9 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
         raise CheckpointError(f"checkpoint {directory}: its tokenizer has no padding token ({TOKENIZER_CONFIG_FILE})")
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True, device=map_location)
+        weights = load_file(str(directory / WEIGHTS_FILE), device=map_location)
+        weights = {key: value for key, value in weights.items() if not _retired(key)}
+        model.load_state_dict(weights, strict=True)
     except SafetensorError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {err}") from err
     except (RuntimeError, OSError) as err:

@@ -45,6 +45,28 @@ def test_round_trip_gives_identical_predictions(tmp_path):
     ]  # fmt: skip
 
 
+def test_checkpoints_with_the_retired_pointer_biases_still_load(tmp_path):
+    # The words landmark pointer once had a selection bias and a key bias, which could not
+    # change any output (constants before a softmax); older checkpoints carry them.
+    from safetensors.torch import load_file, save_file
+
+    config = load_config(TINY_CONFIG)
+    config.model.head.landmark_relation, config.model.head.landmark_pointer = True, "words"
+    tokenizer = load_tokenizer("minilm-l6")
+    model = build_model(config.model, len(tokenizer))
+    save_checkpoint(tmp_path / "ckpt", model, config, model.encoder.backbone_config(), tokenizer)
+    weights = load_file(tmp_path / "ckpt" / "model.safetensors")
+    prefix = "token_head.landmark_relation.pointer"
+    weights[f"{prefix}.select.bias"], weights[f"{prefix}.key.bias"] = torch.ones(1), torch.ones(256)
+    save_file(weights, tmp_path / "ckpt" / "model.safetensors")
+    loaded = load_checkpoint(tmp_path / "ckpt")[0]
+    assert f"{prefix}.select.bias" not in loaded.state_dict()
+    with pytest.raises(CheckpointError, match="does not match"):  # any other extra key is still an error
+        weights["token_head.unknown"] = torch.ones(1)
+        save_file(weights, tmp_path / "ckpt" / "model.safetensors")
+        load_checkpoint(tmp_path / "ckpt")
+
+
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     save_tiny(tmp_path / "ckpt")
 

@@ -160,9 +160,27 @@ def test_the_words_pointer_learns_without_training_the_encoder():
     out = model(*inputs(), use_decoder=False)
     out["token"]["landmark_logits"][:, :8].logsumexp(dim=-1).sum().backward()
     pointer = model.token_head.landmark_relation.pointer
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pointer.parameters())
+    assert all(p.grad is not None for p in pointer.parameters())  # every one of its parameters is trained
     assert all(p.grad is None for p in model.encoder.parameters())
     assert model.visual_proj.weight.grad is None  # nor the projection before the branch
+
+
+def test_every_parameter_of_the_words_pointer_changes_where_it_points():
+    # A parameter that cannot change the pointer's distribution over the cells is dead weight
+    # (a bias added to every word's score before the softmax over the words was one).
+    from tests.models.test_model import inputs
+
+    model = words_model().eval()
+    with torch.no_grad():
+        before = model(*inputs(), use_decoder=False)["token"]["landmark_logits"].log_softmax(-1)
+        pointer = model.token_head.landmark_relation.pointer
+        for name, parameter in pointer.named_parameters():
+            saved = parameter.clone()
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+            after = model(*inputs(), use_decoder=False)["token"]["landmark_logits"].log_softmax(-1)
+            parameter.copy_(saved)
+            # Only where the model points counts: a shift of every cell's logit is no change.
+            assert (after - before).abs().max() > 1e-5, f"{name} does not change where the pointer points"
 
 
 def test_a_phrase_points_the_same_alone_and_in_a_padded_batch():

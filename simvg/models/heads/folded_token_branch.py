@@ -134,7 +134,8 @@ def folded_parameter_names(branch: str, box_layers: int, detail: bool, relation:
         linears += [f"{branch}.landmark_relation.{pointer}", f"{branch}.landmark_relation.coefficients"]
     linears += [f"{branch}.box_head.layers.{i}" for i in range(box_layers)]
     linears += ["visual_proj"] + (["detail_proj"] if detail else [])
-    return [f"{linear}.{name}" for linear in linears for name in ("weight", "bias")]
+    names = [f"{linear}.{name}" for linear in linears for name in ("weight", "bias")]
+    return [name for name in names if name != f"{branch}.landmark_relation.pointer.key.bias"]
 
 
 def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: nn.Linear | None) -> FoldedTokenBranch:
@@ -143,7 +144,8 @@ def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: 
     dtype = branch.proj.weight.dtype
 
     def f64(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        return linear.weight.double(), linear.bias.double()
+        bias = torch.zeros(linear.out_features) if linear.bias is None else linear.bias
+        return linear.weight.double(), bias.double()
 
     (w_p, b_p), (w_q, b_q), (w_k, b_k) = f64(branch.proj), f64(branch.query), f64(branch.key)
     (w_val, b_val), (w_cond, b_cond), (w_c, b_c) = f64(branch.value), f64(branch.condition), f64(branch.class_head)

@@ -65,9 +65,11 @@ class WordsLandmarkPointer(nn.Module):
     def __init__(self, embedding_dim: int, dim: int, hidden: int = 128):
         super().__init__()
         self.reader = nn.GRU(embedding_dim, hidden, batch_first=True)
-        self.select = nn.Linear(hidden, 1)
+        # No biases where they would add one constant to every score before a softmax (over the
+        # words for `select`, over the cells for `key`): such a bias changes nothing.
+        self.select = nn.Linear(hidden, 1, bias=False)
         self.query = nn.Linear(embedding_dim, dim)
-        self.key = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)
 
     def landmark_query(self, words: Words) -> torch.Tensor:
         """words (embeddings (B, L, E), mask (B, L)) -> (B, D) the query."""
