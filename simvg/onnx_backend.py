@@ -1,0 +1,350 @@
+"""ONNX export of a grounding model and its onnxruntime runner.
+
+``simvg export CKPT OUT --format onnx`` writes OUT with ``config.json``, the tokenizer files
+and ``model.onnx``: the model's forward from the letterboxed uint8 images and token ids to the
+token branch's (and, with ``--decoder``, the decoder branch's) logits and boxes, with a
+dynamic batch size and phrase length (``--int8`` adds ``model.int8.onnx``, its linear layers
+quantized by onnxruntime). Everything before (image decoding, letterbox, tokenization) and
+after (scores, boxes back to the original pixels) stays in Python and is shared with the torch
+backend: ``Grounder.from_pretrained(OUT)`` runs the graph through :class:`OnnxRuntimeModel`,
+which takes the torch model's arguments and returns its output dictionary.
+
+Graph inputs: ``images`` (B, 3, S, S) uint8, ``pixel_mask`` (B, S, S) bool, ``input_ids``
+(B, L) int64, ``text_mask`` (B, L) bool. Outputs: ``token_logits`` (B, 2) or (B, Q, 2),
+``token_boxes`` (B, 4) or (B, Q, 4) [, ``decoder_logits`` (B, Q, 2), ``decoder_boxes``
+(B, Q, 4)]; boxes normalised cx, cy, w, h in the letterbox frame, class 0 = object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from simvg.engine.checkpoint import ONNX_FILES
+
+# ONNX operator set of the exported graphs (LayerNormalization needs 17, the Gelu op 20).
+ONNX_OPSET = 20
+ONNX_FILE, ONNX_INT8_FILE = ONNX_FILES
+INPUT_NAMES = ("images", "pixel_mask", "input_ids", "text_mask")
+# A box of the graph may differ from the torch model's by this many letterbox pixels at most
+# (float rounding of a different order of operations; checked at export).
+EXPORT_BOX_TOLERANCE_PX = 0.5
+
+
+def _output_names(decoder: bool) -> list[str]:
+    return ["token_logits", "token_boxes"] + (["decoder_logits", "decoder_boxes"] if decoder else [])
+
+
+class _Exported(nn.Module):
+    """The model's forward as a function of tensors alone, returning a flat tuple of outputs."""
+
+    def __init__(self, model: nn.Module, decoder: bool):
+        super().__init__()
+        self.model = model
+        self.decoder = decoder
+
+    def forward(self, images, pixel_mask, input_ids, text_mask):
+        out = self.model(images, pixel_mask, input_ids, text_mask, use_decoder=self.decoder)
+        flat = [out["token"]["logits"], out["token"]["boxes"]]
+        if self.decoder:
+            flat += [out["decoder"]["logits"], out["decoder"]["boxes"]]
+        return tuple(t.float() for t in flat)
+
+
+def example_inputs(image_size: int, text_length: int, batch_size: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """A batch with padding in both the images (a letterboxed wide and tall image) and the
+    phrases (rows of different lengths), so that no shortcut for unpadded inputs is traced."""
+    generator = torch.Generator().manual_seed(seed)
+    size = image_size
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
+    pixel_mask = torch.ones(batch_size, size, size, dtype=torch.bool)
+    input_ids = torch.randint(1000, 2000, (batch_size, text_length), generator=generator)
+    text_mask = torch.ones(batch_size, text_length, dtype=torch.bool)
+    for row in range(batch_size):
+        valid = max(3, text_length - 2 * row)
+        text_mask[row, valid:] = False
+        input_ids[row, valid:] = 0
+        if row % 2:
+            pixel_mask[row, :, size * 2 // 3 :] = False
+        elif row:
+            pixel_mask[row, size // 2 :, :] = False
+    images[~pixel_mask[:, None].expand_as(images)] = 0
+    return images, pixel_mask, input_ids, text_mask
+
+
+def export_graph(model: nn.Module, path: str | Path, image_size: int, max_text_length: int, decoder: bool,
+                 metadata: dict[str, str] | None = None) -> float:  # fmt: skip
+    """Write ``model``'s forward (eval mode, token branch [+ decoder branch]) as an ONNX graph
+    at ``path`` (one file, weights inside), with opset :data:`ONNX_OPSET`, a dynamic batch
+    size and a dynamic phrase length up to ``max_text_length`` tokens.
+
+    The graph is checked against the model on a padded batch of 2 and on one unpadded
+    sample; returns the largest box difference in letterbox pixels, and raises ValueError when
+    it exceeds :data:`EXPORT_BOX_TOLERANCE_PX`.
+    """
+    model = model.eval()
+    wrapper = _Exported(model, decoder).eval()
+    # With parameters that require grad, tracing decomposes the GRU (the words landmark
+    # pointer) into one step per token, fixing the phrase length; without, it stays one op.
+    needs_grad = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        return _export_checked(wrapper, path, image_size, max_text_length, decoder, metadata)
+    finally:
+        for parameter in needs_grad:
+            parameter.requires_grad_(True)
+
+
+def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_text_length: int, decoder: bool,
+                    metadata: dict[str, str] | None) -> float:  # fmt: skip
+    import onnx
+
+    inputs = example_inputs(image_size, min(8, max_text_length))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    length = torch.export.Dim("length", min=3, max=max(4, max_text_length))
+    dynamic = {"images": {0: batch}, "pixel_mask": {0: batch}, "input_ids": {0: batch, 1: length},
+               "text_mask": {0: batch, 1: length}}  # fmt: skip
+    with warnings.catch_warnings(), torch.no_grad():
+        # The exporter reports each step and warns about internals (flattened GRU weights).
+        warnings.simplefilter("ignore")
+        # One call first: the model's caches of constants (grid centres, position encodings)
+        # then hold real tensors, which tracing reads, instead of being filled while tracing.
+        wrapper(*inputs)
+        program = torch.onnx.export(wrapper, inputs, dynamo=True, opset_version=ONNX_OPSET, input_names=INPUT_NAMES,
+                                    output_names=_output_names(decoder), dynamic_shapes=dynamic, verbose=False,
+                                    optimize=True)  # fmt: skip
+    proto = program.model_proto
+    for tensor in proto.graph.input:
+        dims = [d.dim_param or d.dim_value for d in tensor.type.tensor_type.shape.dim]
+        fixed = [axis for axis in ((0, 1) if tensor.name in ("input_ids", "text_mask") else (0,)) if isinstance(dims[axis], int)]
+        if fixed:  # the exporter fell back to a graph traced for the example's shapes
+            raise ValueError(f"the exported graph's input {tensor.name} has fixed dimensions {dims} (axes {fixed} should "
+                             "be dynamic: batch size, phrase length); this model cannot be exported with them")  # fmt: skip
+    proto.doc_string = "simvg grounding model: letterboxed uint8 images and token ids -> logits and boxes"
+    entries = {"opset": str(ONNX_OPSET), "image_size": str(image_size), "max_text_length": str(max_text_length),
+               "outputs": ",".join(_output_names(decoder)), **(metadata or {})}  # fmt: skip
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(path))
+    runner = OnnxRuntimeModel(path)
+    worst = 0.0
+    for check in (inputs, example_inputs(image_size, min(5, max_text_length), batch_size=1, seed=1)):
+        with torch.no_grad():
+            expected = wrapper(*check)
+        got = runner.run_flat(*check)
+        for name, want, have in zip(_output_names(decoder), expected, got):
+            if name.endswith("boxes"):
+                worst = max(worst, float((want - have).abs().max()) * image_size)
+    if worst > EXPORT_BOX_TOLERANCE_PX:
+        raise ValueError(f"the exported graph's boxes differ from the model's by {worst:.2f} px "
+                         f"(tolerance {EXPORT_BOX_TOLERANCE_PX} px); the export is not usable")  # fmt: skip
+    return worst
+
+
+def quantize_graph(source: str | Path, target: str | Path) -> int:
+    """Write ``source``'s graph with the encoder's linear layers in int8 (as the torch
+    backend's ``quantize="int8"``, :mod:`simvg.models.quantize`): int8 weights with one scale
+    per output channel, activations quantized per call (onnxruntime's dynamic quantization).
+    Products of two activations (attention) and the heads stay float. Returns the number of
+    layers quantized.
+
+    Quantizing every matrix product with a weight (the heads too) lost 0.6 points of the
+    shipped student's SynthRef val accuracy (92.4 -> 91.8, 1000 expressions), the encoder's
+    alone 0.4 (92.0, as torch's int8) (``simvg eval ... --int8`` on each export)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source))
+    weights = {initializer.name for initializer in graph.graph.initializer}
+    nodes = [node.name for node in graph.graph.node if node.op_type in ("MatMul", "Gemm")
+             and any(name in weights for name in node.input[1:2]) and _in_module(node, "model.encoder")]  # fmt: skip
+    logger = logging.getLogger()  # the quantizer logs advice on the root logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_quantize=nodes)  # fmt: skip
+    finally:
+        logger.setLevel(level)
+    return len(nodes)
+
+
+def _in_module(node, module: str) -> bool:
+    """Whether an exported graph's ``node`` comes from the model's submodule ``module``
+    (the exporter records each node's module path in its metadata)."""
+    scopes = next((entry.value for entry in node.metadata_props if entry.key == "pkg.torch.onnx.name_scopes"), "")
+    return f"'{module}'" in scopes
+
+
+class OnnxRuntimeModel:
+    """An exported graph run by onnxruntime with the torch model's call signature.
+
+    ``model(images, pixel_mask, input_ids, text_mask, use_decoder=None)`` returns
+    ``{"token": {"logits", "boxes"}[, "decoder": {"logits", "boxes"}]}`` as CPU torch
+    tensors, the shapes of :class:`simvg.models.SimVG`'s outputs.
+    threads: onnxruntime's intra-op threads (default: torch's thread count, so both backends
+    use the cores a user gave torch). Idle threads do not spin between calls: a demo waiting
+    for its next request leaves the CPU to others.
+    """
+
+    training = False
+
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | torch.device = "cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from err
+        self.path = Path(path)
+        self.device = torch.device(device)
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError("device 'cuda' with the onnxruntime backend needs onnxruntime-gpu "
+                                 "(CUDAExecutionProvider); use device 'cpu' or the torch backend")  # fmt: skip
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ValueError(f"{self.path}: not a usable ONNX graph: {err}") from err
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        if self.output_names[:2] != ["token_logits", "token_boxes"]:
+            raise ValueError(f"{self.path}: expected outputs token_logits, token_boxes; the graph has {self.output_names}")
+        self.has_decoder = "decoder_logits" in self.output_names
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.opset = int(metadata.get("opset", 0)) or None
+
+    def eval(self) -> OnnxRuntimeModel:
+        return self
+
+    def to(self, device: str | torch.device) -> OnnxRuntimeModel:
+        if torch.device(device) != self.device:
+            raise ValueError(f"this ONNX graph was loaded for {self.device}; load it again for {device}")
+        return self
+
+    def run_flat(self, images, pixel_mask, input_ids, text_mask, decoder: bool | None = None) -> list[torch.Tensor]:
+        """The graph's outputs in order (the decoder's only when ``decoder``, default: when present)."""
+        names = self.output_names if decoder or (decoder is None and self.has_decoder) else self.output_names[:2]
+        feeds = {"images": _numpy(images), "pixel_mask": _numpy(pixel_mask), "input_ids": _numpy(input_ids),
+                 "text_mask": _numpy(text_mask)}  # fmt: skip
+        return [torch.from_numpy(value) for value in self.session.run(names, feeds)]
+
+    def __call__(self, images, pixel_mask, input_ids, text_mask, use_decoder: bool | None = None) -> dict:
+        decoder = self.has_decoder if use_decoder is None else use_decoder
+        if decoder and not self.has_decoder:
+            raise ValueError(f"{self.path} was exported without the decoder branch (simvg export --decoder adds it)")
+        values = self.run_flat(images, pixel_mask, input_ids, text_mask, decoder)
+        out = {"token": {"logits": values[0], "boxes": values[1]}}
+        if decoder:
+            out["decoder"] = {"logits": values[2], "boxes": values[3]}
+        return out
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backbone_config: dict, tokenizer,
+                          meta: dict, decoder: bool = False, int8: bool = False) -> dict:  # fmt: skip
+    """Write an ONNX checkpoint directory atomically: config.json (the model's config and
+    ``meta``, plus an ``onnx`` entry), the tokenizer files, model.onnx [and model.int8.onnx].
+    Returns the ``onnx`` entry (opset, branches, files, checked box difference)."""
+    from simvg.config import to_dict
+    from simvg.engine.checkpoint import CONFIG_FILE, FORMAT_VERSION, write_atomically
+
+    if decoder and getattr(model, "decoder_branch", None) is None:
+        raise ValueError("this model has no decoder branch (head.use_decoder is false); export without --decoder")
+    info: dict = {}
+
+    def write(tmp: Path) -> None:
+        worst = _export_in_subprocess(model, config, backbone_config, tokenizer, tmp / ONNX_FILE, decoder,
+                                      {"simvg_format_version": str(FORMAT_VERSION)})  # fmt: skip
+        files = [ONNX_FILE]
+        if int8:
+            quantize_graph(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE)
+            files.append(ONNX_INT8_FILE)
+        info.update({"opset": ONNX_OPSET, "branches": ["token", "decoder"] if decoder else ["token"], "files": files,
+                     "checked_box_difference_px": round(worst, 4)})  # fmt: skip
+        kept = {k: v for k, v in meta.items() if k not in ("config", "backbone_config", "vocab_size", "format_version", "onnx")}
+        data = {"format_version": FORMAT_VERSION, "config": to_dict(config), "backbone_config": backbone_config,
+                "vocab_size": len(tokenizer), **kept, "onnx": info}  # fmt: skip
+        (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(str(tmp))
+
+    write_atomically(Path(directory), write)
+    return info
+
+
+def onnx_file(directory: Path, quantize: str | None) -> Path:
+    """The graph of an ONNX checkpoint directory to run: model.onnx, or model.int8.onnx for
+    ``quantize="int8"``."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization '{quantize}' for the onnxruntime backend; choose int8 or none")
+    path = directory / (ONNX_INT8_FILE if quantize == "int8" else ONNX_FILE)
+    if not path.is_file():
+        hint = " (export with --int8 to write it)" if quantize == "int8" else ""
+        raise FileNotFoundError(f"checkpoint {directory} has no {path.name}{hint}")
+    return path
+
+
+
+def _export_in_subprocess(model: nn.Module, config, backbone_config: dict, tokenizer, path: Path, decoder: bool,
+                          metadata: dict[str, str]) -> float:  # fmt: skip
+    """:func:`export_graph` in a fresh Python process, from a temporary checkpoint of ``model``.
+
+    With torch 2.14, a second export in one process traced the words pointer's GRU one token
+    at a time (fixing the phrase length) where the first kept it one op, and tracing may fill
+    the model's caches of constants with its placeholder tensors: a process of its own keeps
+    each export alike and the caller's model untouched."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from simvg.engine.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="simvg-export-") as tmp:
+        source = Path(tmp) / "checkpoint"
+        save_checkpoint(source, model, config, backbone_config, tokenizer)
+        package_root = str(Path(__file__).resolve().parents[1])  # the child imports this same simvg
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        command = [sys.executable, "-m", "simvg.onnx_backend", str(source), str(path), json.dumps(metadata)]
+        if decoder:
+            command.append("--decoder")
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise ValueError(f"ONNX export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["box_difference_px"])
+
+
+def _export_main(argv: list[str]) -> None:
+    """``python -m simvg.onnx_backend CHECKPOINT GRAPH METADATA_JSON [--decoder]``: what
+    :func:`_export_in_subprocess` runs."""
+    from simvg.engine.checkpoint import load_checkpoint
+
+    decoder = "--decoder" in argv
+    source, path, metadata = [arg for arg in argv if arg != "--decoder"]
+    model, _, config, _ = load_checkpoint(source)
+    worst = export_graph(model, path, config.model.image_size, config.model.max_text_length, decoder,
+                         json.loads(metadata))  # fmt: skip
+    print(json.dumps({"box_difference_px": worst}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _export_main(sys.argv[1:])
