@@ -204,7 +204,7 @@ class OnnxRuntimeModel:
         try:
             import onnxruntime as ort
         except ImportError as err:
-            raise ImportError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from err
+            raise ImportError("the onnxruntime backend needs onnxruntime: pip install 'simvg[onnx]'") from err
         self.path = Path(path)
         self.device = torch.device(device)
         providers = ["CPUExecutionProvider"]
@@ -258,6 +258,14 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+def _require_exporter() -> None:
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"ONNX export needs {', '.join(missing)}: pip install 'simvg[onnx]'")
+
+
 def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backbone_config: dict, tokenizer,
                           meta: dict, decoder: bool = False, int8: bool = False) -> dict:  # fmt: skip
     """Write an ONNX checkpoint directory atomically: config.json (the model's config and
@@ -266,6 +274,7 @@ def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backb
     from simvg.config import to_dict
     from simvg.engine.checkpoint import CONFIG_FILE, FORMAT_VERSION, write_atomically
 
+    _require_exporter()
     if decoder and getattr(model, "decoder_branch", None) is None:
         raise ValueError("this model has no decoder branch (head.use_decoder is false); export without --decoder")
     info: dict = {}
