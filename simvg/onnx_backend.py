@@ -118,7 +118,7 @@ def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_t
         wrapper(*inputs)
         program = torch.onnx.export(wrapper, inputs, dynamo=True, opset_version=ONNX_OPSET, input_names=INPUT_NAMES,
                                     output_names=_output_names(decoder), dynamic_shapes=dynamic, verbose=False,
-                                    optimize=True)  # fmt: skip
+                                    optimize=True, custom_translation_table=_translations())  # fmt: skip
     proto = program.model_proto
     for tensor in proto.graph.input:
         dims = [d.dim_param or d.dim_value for d in tensor.type.tensor_type.shape.dim]
@@ -146,6 +146,24 @@ def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_t
         raise ValueError(f"the exported graph's boxes differ from the model's by {worst:.2f} px "
                          f"(tolerance {EXPORT_BOX_TOLERANCE_PX} px); the export is not usable")  # fmt: skip
     return worst
+
+
+def _translations() -> dict:
+    """ONNX translations of ops that some torch versions' exporters lack: adaptive max pooling
+    (the pixel mask to the token grid; torch 2.11 has none) as a max pool of the fixed window
+    it is here, the input side being a multiple of the output's."""
+    from onnxscript import opset18 as op
+
+    def adaptive_max_pool2d(x, output_size):
+        height, width = x.shape[-2], x.shape[-1]
+        if not isinstance(height, int) or height % output_size[0] or width % output_size[1]:
+            raise ValueError(f"adaptive max pooling of {height} x {width} to {output_size}: the export needs a "
+                             "fixed input size that is a multiple of the output size")  # fmt: skip
+        window = [height // output_size[0], width // output_size[1]]
+        values, indices = op.MaxPool(x, kernel_shape=window, strides=window)
+        return values, indices
+
+    return {torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool2d}
 
 
 def quantize_graph(source: str | Path, target: str | Path) -> int:
@@ -335,8 +353,10 @@ def _export_in_subprocess(model: nn.Module, config, backbone_config: dict, token
             command.append("--decoder")
         done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise ValueError(f"ONNX export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+        # The exporter's own summary ("<class '...'>: message") or the error's last line.
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        causes = [line for line in lines if line.startswith("<class '")] or [line for line in lines if "Error" in line]
+        raise ValueError(f"ONNX export failed: {(causes or lines or [f'exit code {done.returncode}'])[-1]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1])["box_difference_px"])
 
 
