@@ -90,15 +90,17 @@ def export_graph(model: nn.Module, path: str | Path, image_size: int, max_text_l
     """
     model = model.eval()
     wrapper = _Exported(model, decoder).eval()
-    # With parameters that require grad, tracing decomposes the GRU (the words landmark
-    # pointer) into one step per token, fixing the phrase length; without, it stays one op.
-    needs_grad = [p for p in model.parameters() if p.requires_grad]
-    model.requires_grad_(False)
+    # Tracing decomposes an nn.GRU (the words landmark pointer) into one step per token, which
+    # fixes the phrase length; as one op of its own it becomes ONNX's GRU instead.
+    grus = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if isinstance(child, nn.GRU)]  # fmt: skip
+    for parent, name, child in grus:
+        setattr(parent, name, _OneOpGRU(child))
     try:
         return _export_checked(wrapper, path, image_size, max_text_length, decoder, metadata)
     finally:
-        for parameter in needs_grad:
-            parameter.requires_grad_(True)
+        for parent, name, child in grus:
+            setattr(parent, name, child)
 
 
 def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_text_length: int, decoder: bool,
@@ -148,6 +150,35 @@ def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_t
     return worst
 
 
+@torch.library.custom_op("simvg::gru", mutates_args=())
+def _gru(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """A one-layer batch-first GRU from zero state: x (B, L, I) -> every step's state (B, L, H)."""
+    hidden = torch.zeros(1, x.shape[0], w_hh.shape[1], dtype=x.dtype, device=x.device)
+    return torch.gru(x, hidden, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, True)[0]
+
+
+@_gru.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh):
+    return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
+
+
+class _OneOpGRU(nn.Module):
+    """``gru`` (one layer, one direction, batch first, with biases) run as the single op
+    ``simvg::gru``, for export; returns (states, None) where nn.GRU returns (states, last)."""
+
+    def __init__(self, gru: nn.GRU):
+        super().__init__()
+        if gru.num_layers != 1 or gru.bidirectional or not gru.batch_first or not gru.bias:
+            raise ValueError("ONNX export handles one-layer, one-direction, batch-first GRUs with biases")
+        self.gru = gru
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        if hidden is not None:
+            raise ValueError("ONNX export handles GRUs that start from a zero state")
+        gru = self.gru
+        return _gru(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0), None
+
+
 def _translations() -> dict:
     """ONNX translations of ops that some torch versions' exporters lack: adaptive max pooling
     (the pixel mask to the token grid; torch 2.11 has none) as a max pool of the fixed window
@@ -163,7 +194,20 @@ def _translations() -> dict:
         values, indices = op.MaxPool(x, kernel_shape=window, strides=window)
         return values, indices
 
-    return {torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool2d}
+    def gru(x, w_ih, w_hh, b_ih, b_hh):
+        # torch stacks the gates r, z, n; ONNX z, r, h. torch's GRU resets before the
+        # hidden state's linear map: linear_before_reset=1.
+        def zrn(weight):
+            r, z, n = op.Split(weight, num_outputs=3, axis=0)
+            return op.Concat(z, r, n, axis=0)
+
+        w = op.Unsqueeze(zrn(w_ih), [0])
+        r = op.Unsqueeze(zrn(w_hh), [0])
+        b = op.Unsqueeze(op.Concat(zrn(b_ih), zrn(b_hh), axis=0), [0])
+        states, _ = op.GRU(op.Transpose(x, perm=[1, 0, 2]), w, r, b, hidden_size=w_hh.shape[1], linear_before_reset=1)
+        return op.Transpose(op.Squeeze(states, [1]), perm=[1, 0, 2])  # (L, 1, B, H) -> (B, L, H)
+
+    return {torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool2d, torch.ops.simvg.gru.default: gru}
 
 
 def quantize_graph(source: str | Path, target: str | Path) -> int:
