@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -229,14 +230,21 @@ def quantize_graph(source: str | Path, target: str | Path) -> int:
     weights = {initializer.name for initializer in graph.graph.initializer}
     nodes = [node.name for node in graph.graph.node if node.op_type in ("MatMul", "Gemm")
              and any(name in weights for name in node.input[1:2]) and _in_module(node, "model.encoder")]  # fmt: skip
+    # The quantizer infers every shape again; some exporters' own shape annotations (torch
+    # 2.11's) contradict that inference, so they are left out.
+    del graph.graph.value_info[:]
     logger = logging.getLogger()  # the quantizer logs advice on the root logger
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+            plain = Path(tmp) / "model.onnx"
+            onnx.save_model(graph, str(plain))
+            quantize_dynamic(str(plain), str(target), weight_type=QuantType.QInt8, per_channel=True,
                              nodes_to_quantize=nodes)  # fmt: skip
+    except Exception as err:  # onnx and onnxruntime raise their own exception types
+        raise ValueError(f"int8 quantization of {source} failed: {err}") from err
     finally:
         logger.setLevel(level)
     return len(nodes)
@@ -383,7 +391,6 @@ def _export_in_subprocess(model: nn.Module, config, backbone_config: dict, token
     each export alike and the caller's model untouched."""
     import subprocess
     import sys
-    import tempfile
 
     from simvg.engine.checkpoint import save_checkpoint
 
