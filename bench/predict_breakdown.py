@@ -27,12 +27,15 @@ from simvg.benchmark import save_table, take_turns
 from simvg.data.dataset import Collator
 from simvg.data.images import DEFAULT_MAX_SIDE, load_image
 from simvg.data.transforms import letterbox_resize, letterbox_to_original, pad_to_square
-from simvg.inference import Grounder, query_boxes
+from simvg.inference import Grounder, decode_side, query_boxes
 from simvg.weights import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PHRASE = "the small red circle left of the blue square"
 PARTS = ("decode", "letterbox", "to tensor", "tokenize", "collate", "forward", "post-process")
+# Not a part of predict: decoding as predict did before simvg.inference.decode_side (at up to
+# DEFAULT_MAX_SIDE pixels, whatever the model's input), for comparison.
+BEFORE = "decode at 2048 px"
 
 
 def photo(path: Path, width: int, height: int) -> Path:
@@ -48,7 +51,7 @@ def photo(path: Path, width: int, height: int) -> Path:
 def parts(grounder: Grounder, image: Path) -> dict:
     """The calls timed for one image: each step of predict on its own, and predict itself."""
     size = grounder.config.model.image_size
-    max_side = max(DEFAULT_MAX_SIDE, size)
+    max_side = decode_side(image, size)
     loaded = load_image(image, max_side=max_side)
     resized, letterbox = letterbox_resize(loaded.pixels, loaded.width, loaded.height, size)
     sample = grounder.preprocessor(loaded, PHRASE)
@@ -66,7 +69,8 @@ def parts(grounder: Grounder, image: Path) -> dict:
         return letterbox_to_original(boxes.reshape(-1, 4), size, [letterbox]).tolist(), scores.tolist()
 
     return {
-        "decode": lambda: load_image(image, max_side=max_side),
+        "decode": lambda: load_image(image, max_side=decode_side(image, size)),
+        BEFORE: lambda: load_image(image, max_side=max(DEFAULT_MAX_SIDE, size)),
         "letterbox": lambda: letterbox_resize(loaded.pixels, loaded.width, loaded.height, size),
         "to tensor": to_tensor,
         "tokenize": lambda: grounder.preprocessor.tokenize(PHRASE),
@@ -99,14 +103,15 @@ def main() -> None:
         f"(input {grounder.config.model.image_size} px), {torch.get_num_threads()} threads; median ms of {rounds} "
         "calls each, every part of every image taking turns. other = predict less its parts (per-call set-up).",
         "",
-        "| image | " + " | ".join(PARTS) + " | other | predict | forward share |",
-        "|---|" + "---|" * (len(PARTS) + 3),
+        "| image | " + " | ".join(PARTS) + f" | other | predict | forward share | {BEFORE} (before) |",
+        "|---|" + "---|" * (len(PARTS) + 4),
     ]
     for name in images:
-        ms = {part: 1000 * statistics.median(times[(name, part)]) for part in (*PARTS, "predict")}
+        ms = {part: 1000 * statistics.median(times[(name, part)]) for part in (*PARTS, "predict", BEFORE)}
         other = ms["predict"] - sum(ms[part] for part in PARTS)
         cells = " | ".join(f"{ms[part]:.2f}" for part in PARTS)
-        lines.append(f"| {name} | {cells} | {other:.2f} | {ms['predict']:.2f} | {ms['forward'] / ms['predict']:.0%} |")
+        lines.append(f"| {name} | {cells} | {other:.2f} | {ms['predict']:.2f} | {ms['forward'] / ms['predict']:.0%} | "
+                     f"{ms[BEFORE]:.2f} |")  # fmt: skip
     save_table("\n".join(lines), args.out)
 
 

@@ -245,12 +245,14 @@ def decode_side(source: ImageInput, size: int) -> int:
 
     The model never sees more than ``size`` pixels. A large image read at DEFAULT_MAX_SIDE
     first was decoded whole and then shrunk by PIL to 2048 pixels, most of the time of a
-    batch-1 ``predict``: a 4032 x 3024 JPEG (a phone photo) took 172 ms of CPU to decode and
-    letterbox, against 36 ms when a JPEG is decoded straight at reduced scale (PIL's draft)
-    and shrunk to twice the input; a 2560 x 1920 JPEG 66 -> 14 ms, a 4032 x 3024 array
-    160 -> 40 ms; the model's forward is about 12 ms (one run, thread CPU time, input 128 px;
-    ``python bench/predict_breakdown.py``). The resized image is the same picture with
-    slightly different pixel values (another resampling), not the same bytes.
+    batch-1 ``predict``: for a 4032 x 3024 JPEG (a phone photo) that decode alone took
+    158.7 ms, the whole ``predict`` now 46.9 ms, the shipped student's forward 10.5 ms
+    (``python bench/predict_breakdown.py``, Intel Xeon, 2 threads,
+    bench/results/predict_breakdown.md). A JPEG is then decoded straight at reduced scale
+    (PIL's draft) and shrunk to twice the input; CPU time of decode and letterbox on the
+    development machine: 4032 x 3024 JPEG 172 -> 36 ms, 2560 x 1920 JPEG 66 -> 14 ms, 4032 x
+    3024 array 160 -> 40 ms. The image the model sees is the same picture with slightly
+    different pixel values (another resampling), not the same bytes.
     """
     reduced = 2 * size
     if reduced >= DEFAULT_MAX_SIDE:
