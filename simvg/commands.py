@@ -271,6 +271,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from simvg.inference import Grounder
 
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    if grounder.backend != "torch":
+        raise ValueError(f"{args.checkpoint} is an ONNX export; simvg bench times torch models (for onnxruntime: "
+                         "python bench/deploy_speed.py)")  # fmt: skip
     rows = benchmark_inference(grounder.model, grounder.config, args.batch_sizes, args.seconds, args.threads)
     if args.json:
         print_json({"checkpoint": str(args.checkpoint), "rows": rows})
@@ -285,6 +288,8 @@ def run_export(args: argparse.Namespace) -> int:
     from simvg.inference import Grounder
 
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    if grounder.backend != "torch":
+        raise ValueError(f"{args.checkpoint} is an ONNX export already; export from the torch checkpoint it came from")
     if args.keep_branch is not None:
         grounder.model.keep_token_branch(args.keep_branch)
     if args.format == "onnx":

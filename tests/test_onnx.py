@@ -158,6 +158,10 @@ def test_onnx_export_errors_are_clear(tiny_checkpoint, tiny_export, tmp_path, ca
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     assert main(["export", str(tiny_checkpoint), str(tmp_path / "notes"), "--format", "onnx"]) == 2
     assert "refusing to replace it" in capsys.readouterr().err
+    assert main(["export", str(tiny_export), str(tmp_path / "c"), "--format", "onnx"]) == 2
+    assert "is an ONNX export already" in capsys.readouterr().err
+    assert main(["bench", str(tiny_export)]) == 2
+    assert "bench/deploy_speed.py" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="ONNX export"):
         Grounder.from_pretrained(tiny_export, backend="torch")
     with pytest.raises(ValueError, match="unknown backend 'tf'"):
