@@ -181,9 +181,9 @@ class _OneOpGRU(nn.Module):
 
 
 def _translations() -> dict:
-    """ONNX translations of ops that some torch versions' exporters lack: adaptive max pooling
-    (the pixel mask to the token grid; torch 2.11 has none) as a max pool of the fixed window
-    it is here, the input side being a multiple of the output's."""
+    """ONNX translations: adaptive max pooling (the pixel mask to the token grid; torch 2.11's
+    exporter has none) as the max pool of a fixed window it is here, the input side being a
+    multiple of the output's; ``simvg::gru`` (:class:`_OneOpGRU`) as ONNX's GRU."""
     from onnxscript import opset18 as op
 
     def adaptive_max_pool2d(x, output_size):
@@ -230,6 +230,9 @@ def quantize_graph(source: str | Path, target: str | Path) -> int:
     weights = {initializer.name for initializer in graph.graph.initializer}
     nodes = [node.name for node in graph.graph.node if node.op_type in ("MatMul", "Gemm")
              and any(name in weights for name in node.input[1:2]) and _in_module(node, "model.encoder")]  # fmt: skip
+    if not nodes:
+        raise ValueError(f"{source}: no linear layer of the encoder found to quantize (the graph's nodes carry no "
+                         "module paths)")  # fmt: skip
     # The quantizer infers every shape again; some exporters' own shape annotations (torch
     # 2.11's) contradict that inference, so they are left out.
     del graph.graph.value_info[:]
@@ -385,10 +388,10 @@ def _export_in_subprocess(model: nn.Module, config, backbone_config: dict, token
                           metadata: dict[str, str]) -> float:  # fmt: skip
     """:func:`export_graph` in a fresh Python process, from a temporary checkpoint of ``model``.
 
-    With torch 2.14, a second export in one process traced the words pointer's GRU one token
-    at a time (fixing the phrase length) where the first kept it one op, and tracing may fill
-    the model's caches of constants with its placeholder tensors: a process of its own keeps
-    each export alike and the caller's model untouched."""
+    The exporter changes process-wide state (torch 2.14 patches decompositions while it
+    runs: a second export in one process traced the GRU differently from the first) and
+    tracing may fill the model's caches of constants with its placeholder tensors: a process
+    of its own keeps every export alike and the caller's model untouched."""
     import subprocess
     import sys
 
