@@ -252,7 +252,10 @@ def decode_side(source: ImageInput, size: int) -> int:
     (PIL's draft) and shrunk to twice the input; CPU time of decode and letterbox on the
     development machine: 4032 x 3024 JPEG 172 -> 36 ms, 2560 x 1920 JPEG 66 -> 14 ms, 4032 x
     3024 array 160 -> 40 ms. The image the model sees is the same picture with slightly
-    different pixel values (another resampling), not the same bytes.
+    different pixel values (another resampling), not the same bytes: 200 SynthRef val images
+    upscaled 16x to 4096-pixel JPEGs were grounded with Acc@0.5 93.0 either way (93.0 at their
+    own 256 pixels), the two decodes' boxes 0.05 original pixels apart in the median, 0.10 at
+    the 90th percentile (``python bench/large_image_decode.py --data-root DATA``).
     """
     reduced = 2 * size
     if reduced >= DEFAULT_MAX_SIDE:
