@@ -29,6 +29,10 @@ def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(str(c) for c in choices)}")
 
 
+PIXEL_NORMS = ("half", "imagenet")
+RESIZE_MODES = ("letterbox", "stretch")
+
+
 @dataclass
 class EncoderConfig:
     """The single-stream multimodal encoder.
@@ -75,9 +79,13 @@ class EncoderConfig:
     # Hybrid: a learned attention bias per head for each 2-D offset between visual tokens
     # (simvg/models/encoders/relative_position.py), shared by all layers.
     relative_position_bias: bool = False
+    # How the encoder turns the uint8 pixels into its input: "half" ((x/255 - 0.5) / 0.5, ViLT's
+    # pretraining) or "imagenet" (ImageNet mean/std per channel, SimVG's BEiT-3 recipes).
+    pixel_norm: str = "half"
 
     def __post_init__(self) -> None:
         _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
+        _check_choice("model.encoder.pixel_norm", self.pixel_norm, PIXEL_NORMS)
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
         _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
         if self.relative_position_bias and self.type != "hybrid":
@@ -130,10 +138,21 @@ class HeadConfig:
 
 @dataclass
 class ModelConfig:
+    """image_size: side S of the square model input, in pixels.
+    resize: how an image becomes the S x S input, in training and at inference alike:
+        "letterbox" keeps the aspect ratio and pads (bottom/right); "stretch" scales width
+        and height separately to S (SimVG's, no padding). Boxes reported to users are xyxy in
+        original pixels either way.
+    """
+
     image_size: int = 160
     max_text_length: int = 20
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    resize: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        _check_choice("model.resize", self.resize, RESIZE_MODES)
 
 
 @dataclass
@@ -146,12 +165,22 @@ class AugmentConfig:
         ("the leftmost circle") true.
     flip: probability of a horizontal flip (left/right words are swapped).
     color: probability of colour jitter.
+    mode: "zoom" (the above: a random zoom of the resized image placed inside the S x S
+        input) or "lsj" (SimVG's LargeScaleJitter: the image is rescaled by a factor drawn
+        from ``scale``; above 1 a crop of the unjittered size is taken, chosen to keep most of
+        the target box; then resized to S x S as ``model.resize`` says; ``crop`` is unused).
     """
 
     scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     crop: bool = False
     flip: float = 0.5
     color: float = 0.5
+    mode: str = "zoom"
+
+    def __post_init__(self) -> None:
+        _check_choice("data.augment.mode", self.mode, ("zoom", "lsj"))
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high, got {self.scale}")
 
 
 @dataclass

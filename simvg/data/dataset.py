@@ -17,9 +17,10 @@ from simvg.data.records import GroundingRecord
 from simvg.data.transforms import (
     Letterbox,
     build_train_augmentation,
-    letterbox_resize,
+    large_scale_jitter,
     original_to_letterbox,
     pad_to_square,
+    resize_for_model,
     swap_left_right,
 )
 
@@ -48,12 +49,19 @@ class Sample:
 
 
 class Preprocessor:
-    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference."""
+    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference.
 
-    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None):
+    resize: "letterbox" or "stretch" (``model.resize``): how the image becomes the S x S input.
+    augment: training augmentation (None at evaluation and inference).
+    """
+
+    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None,
+                 resize: str = "letterbox"):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.max_text_length = max_text_length
+        self.resize = resize
+        self.augment = augment
         self.augmentation = build_train_augmentation(image_size, augment) if augment is not None else None
 
     def tokenize(self, phrase: str, warn: bool = False) -> list[int]:
@@ -88,10 +96,16 @@ class Preprocessor:
         geometry land in ``meta["objects"]`` as (cx, cy normalised, category)."""
         size = self.image_size
         meta = dict(meta or {})
-        resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
+        resized, letterbox = resize_for_model(image.pixels, image.width, image.height, size, self.resize)
         target_xyxy = original_to_letterbox(tuple(box_xyxy), letterbox) if box_xyxy is not None else None
         landmark = original_to_letterbox(tuple(landmark_xyxy), letterbox) if landmark_xyxy is not None else None
         scene = [(original_to_letterbox(tuple(box), letterbox), category) for box, category in scene_objects or []]
+        if self.augmentation is not None and self.augment.mode == "lsj" and box_xyxy is not None:
+            # An independent stream from the one the albumentations steps draw from `seed`.
+            rng = np.random.default_rng([seed if seed is not None else 0, 1])
+            jittered = self._jitter(image, box_xyxy, landmark_xyxy, scene_objects, rng)
+            if jittered is not None:
+                resized, target_xyxy, landmark, scene = jittered
         augmented = None
         if self.augmentation is not None and target_xyxy is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
@@ -131,6 +145,35 @@ class Preprocessor:
             phrase=phrase,
             meta=meta,
         )
+
+    def _jitter(
+        self,
+        image: LoadedImage,
+        box_xyxy: Sequence[float],
+        landmark_xyxy: Sequence[float] | None,
+        scene_objects: Sequence[tuple[Sequence[float], Any]] | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, list[float], list[float] | None, list] | None:
+        """:func:`large_scale_jitter` then the model's resize: the resized image and the
+        target, landmark and scene boxes in it (a landmark cropped away is None, scene objects
+        whose centre is cropped away are dropped); None if the target itself did not survive
+        (then the sample goes unjittered)."""
+        size = self.image_size
+        jittered, jitter = large_scale_jitter(image.pixels, image.width, image.height, size, box_xyxy,
+                                              self.augment.scale, rng)  # fmt: skip
+        resized, second = resize_for_model(jittered, jitter.width, jitter.height, size, self.resize)
+
+        def place(box: Sequence[float] | None) -> list[float] | None:
+            inside = jitter.box(box) if box is not None else None
+            return original_to_letterbox(tuple(inside), second) if inside is not None else None
+
+        target = place(box_xyxy)
+        if target is None:
+            return None
+        # As with the zoom, an object stays in the scene while its centre is in view.
+        scene = [(placed, category) for box, category in scene_objects or []
+                 if jitter.holds_centre(box) and (placed := place(box)) is not None]  # fmt: skip
+        return resized, target, place(landmark_xyxy), scene
 
 
 def follow_box(

@@ -149,14 +149,14 @@ def build_datasets(
         records = load_records(data_root, data.dataset, data.train_split, data.image_root)
         if data.train_expression_types is not None:
             records = filter_expression_types(records, data.train_expression_types)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment, model.resize)
         train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
                                      landmarks=config.loss.landmark_offset > 0 or config.loss.landmark_ref > 0,
                                      scene_objects=config.loss.scene_category > 0 or config.train.stem_pretrain_steps > 0)  # fmt: skip
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, resize=model.resize)
         val_set = GroundingDataset(records, preprocessor, train=False, max_items=data.val_max_expressions)
     return train_set, val_set
 

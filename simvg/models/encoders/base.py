@@ -6,14 +6,18 @@ from dataclasses import dataclass
 
 import torch
 
-# Images enter the model as uint8; every backend normalises them the same way (ViLT's).
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
+# Images enter the model as uint8; the encoder normalises them as its config's
+# ``pixel_norm`` says: (mean, std) per RGB channel, of pixels scaled to [0, 1].
+PIXEL_NORMS = {
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # ViLT's pretraining: [-1, 1]
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # SimVG's BEiT-3 recipes
+}
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float in [-1, 1]."""
-    return (images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+def normalize_images(images: torch.Tensor, pixel_norm: str = "half") -> torch.Tensor:
+    """(B, 3, S, S) uint8 RGB -> float (B, 3, S, S), (x / 255 - mean) / std per channel."""
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in PIXEL_NORMS[pixel_norm])
+    return (images.float() / 255.0 - mean) / std
 
 
 @dataclass

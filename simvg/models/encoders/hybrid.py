@@ -109,6 +109,7 @@ class HybridEncoder(nn.Module):
         hidden = self.hf_config.hidden_size
         self.hidden_size = hidden
         self.fusion_layer = config.fusion_layer
+        self.pixel_norm = config.pixel_norm
         if config.embedding_rank is not None:
             word = self.embeddings.word_embeddings
             if backbone_config is None:  # fresh from pretrained weights: keep their best low-rank part
@@ -175,7 +176,7 @@ class HybridEncoder(nn.Module):
         """images: (B, 3, S, S) uint8; pixel_mask: (B, S, S) bool; input_ids, text_mask: (B, L)."""
         batch = images.shape[0]
         text = self.embeddings(input_ids=input_ids)
-        stem_features = self.stem(normalize_images(images))
+        stem_features = self.stem(normalize_images(images, self.pixel_norm))
         feature_map = self.visual_proj(stem_features[-1])
         grid = (feature_map.shape[2], feature_map.shape[3])
         visual_type = self.embeddings.token_type_embeddings.weight[1]

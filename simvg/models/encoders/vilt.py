@@ -104,6 +104,7 @@ class ViltEncoder(nn.Module):
         self.layernorm = vilt.layernorm
         self.hidden_size = self.hf_config.hidden_size
         self.patch_size = self.hf_config.patch_size
+        self.pixel_norm = config.pixel_norm
         if image_size % self.patch_size:
             raise ValueError(f"model.image_size {image_size} must be a multiple of ViLT's patch size {self.patch_size}")
 
@@ -135,7 +136,7 @@ class ViltEncoder(nn.Module):
             )
         text = emb.text_embeddings(input_ids=input_ids)
         words = text
-        patches = emb.patch_embeddings(normalize_images(images))
+        patches = emb.patch_embeddings(normalize_images(images, self.pixel_norm))
         grid = (patches.shape[2], patches.shape[3])
         patches = patches.flatten(2).transpose(1, 2) + self._patch_positions(grid)
         cls = (emb.cls_token + emb.position_embeddings[:, :1]).expand(batch, -1, -1)
