@@ -116,7 +116,7 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
     results = predict_split(grounder.model, loader, branches, grounder.device, amp, progress=sys.stderr.isatty())
-    metrics = summarize(results)
+    metrics = summarize(results, args.batch_size)
     if args.save_predictions:
         path = Path(args.save_predictions)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,13 @@ def run_eval(args: argparse.Namespace) -> int:
         for branch, m in metrics.items():
             print(f"{args.dataset} {args.split} [{branch}] Acc@0.5 {m['acc@0.5']:.2f}  Acc@0.75 {m['acc@0.75']:.2f}  "
                   f"mIoU {m['miou']:.2f}  ({m['count']} expressions)")  # fmt: skip
+            if "official_acc@0.5" in m:
+                print(f"    SimVG's protocol (IoU in the resized frame, mean of per-batch accuracies, batch "
+                      f"{args.batch_size}): Acc@0.5 {m['official_acc@0.5']:.2f}")  # fmt: skip
+            if "f1_acc" in m:
+                n_acc = "n/a" if m["n_acc"] is None else f"{m['n_acc']:.2f}"
+                print(f"    GREC: F1-acc {m['f1_acc']:.2f}  N-acc {n_acc} ({m['no_target_count']} no-target)  "
+                      f"single-target Acc@0.5 {m['acc@0.5']:.2f} ({m['count']})  of {m['grec_count']} expressions")  # fmt: skip
             for kind, t in m.get("per_type", {}).items():
                 print(f"    {kind:<12} Acc@0.5 {t['acc@0.5']:.2f}  ({t['count']})")
     return 0
