@@ -74,9 +74,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = build_training_task(config, args.data_root)
         pretrained = None
-        if config.train.stem_pretrain_steps > 0 and not args.resume:
+        if config.train.stem_pretrain_steps > 0 and not args.resume and not config.train.load_from:
             # A resumed run loads its stem from its checkpoint (``last``, or ``last.old`` when
-            # the run stopped while writing ``last``), so the pre-phase never runs twice.
+            # the run stopped while writing ``last``), so the pre-phase never runs twice; a run
+            # from train.load_from starts from that checkpoint's stem.
             pretrained = pretrain_stem(task.export_model, task.train_dataset, config, context.device,
                                        task.tokenizer.pad_token_id, log=context.is_main)  # fmt: skip
         summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)

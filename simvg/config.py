@@ -261,9 +261,27 @@ class TrainConfig:
     stem_pretrain_lr: float = 3e-4
     tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)
     eval_batch_size: int = 64
+    # "adamw" (decoupled weight decay) or "adam" (weight decay added to the gradient, as
+    # SimVG's torch.optim.Adam); with weight_decay 0 the two are the same update.
+    optimizer: str = "adamw"
+    amsgrad: bool = False  # SimVG's recipes: true
+    # Exponential moving average of the model's weights, updated every step with this decay
+    # (SimVG: 0.999); when on, validation, best/ and the saved model.safetensors use the
+    # averaged weights. None or 0 = off.
+    ema: float | None = None
+    # A checkpoint directory whose model weights the run starts from (not its optimizer or
+    # step): SimVG's second stage starts from the first stage's checkpoint.
+    load_from: str | None = None
+    # Which validation figure picks best/: "first" (the first evaluated branch: the token
+    # branch), "token", "decoder", or "mean" of both branches (SimVG's choice).
+    best_metric: str = "first"
 
     def __post_init__(self) -> None:
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "none"))
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "adam"))
+        _check_choice("train.best_metric", self.best_metric, ("first", "token", "decoder", "mean"))
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema is the averaging decay, in [0, 1) (e.g. 0.999; 0 or null = off), got {self.ema}")
         _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         if self.batch_size < 1 or self.max_steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.max_steps >= 0")
