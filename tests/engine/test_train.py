@@ -267,3 +267,16 @@ def test_decoder_branch_only_leaves_the_token_branch_as_it_started(synthref_root
 def test_decoder_branch_only_cannot_pick_the_best_checkpoint_by_the_token_branch(synthref_root, tmp_path, capsys):
     assert train(DECODER_ONLY, synthref_root, tmp_path / "run") == 2
     assert "train.best_metric" in capsys.readouterr().err
+
+
+def test_two_stages_the_second_from_the_firsts_best(synthref_root, tmp_path):
+    stage1 = [*DECODER_ONLY, "--set", "train.best_metric=decoder", "--set", "train.ema=0.999"]
+    assert train(stage1, synthref_root, tmp_path / "stage1") == 0
+    best = tmp_path / "stage1" / "best"
+    stage2 = ["--set", f"train.load_from={best}", "--set", "train.best_metric=mean", "--set", "train.max_steps=4"]
+    assert train(stage2, synthref_root, tmp_path / "stage2") == 0
+    first, second = weights(best), weights(tmp_path / "stage2" / "last")
+    assert first.keys() == second.keys()
+    # The token branch, untouched in stage 1, learns in stage 2.
+    token = [k for k in first if k.startswith("token_head.")]
+    assert any(not (first[k] == second[k]).all() for k in token)
