@@ -33,12 +33,12 @@ lint: install-test
 # Rebuild the shipped default model (simvg/weights/synthref-student) from nothing: SynthRef,
 # the teacher, the distilled student (the study's most accurate variant, `teacher_stem`),
 # float16 export of its deployed branch. About 20 minutes on 2 CPU cores. The runs go to
-# $(RUNS)/teacher and $(RUNS)/student_v4/teacher_stem, which must not hold a run yet.
+# $(RUNS)/teacher and $(RUNS)/student/teacher_stem, which must not hold a run yet.
 DATA ?= data
 RUNS ?= runs
 default-model: install
 	simvg synth --out $(DATA) --name synthref --train 10000 --val 1000 --testA 1000 --testB 1000 --seed 0 --image-size 256
 	simvg train configs/synthref_hybrid.yaml --data-root $(DATA) --output $(RUNS)/teacher
 	simvg distill configs/distill_synthref.yaml --teacher $(RUNS)/teacher/best --data-root $(DATA) \
-		--output $(RUNS)/student_v4/teacher_stem --set distill.stem_conv=Conv
-	simvg export $(RUNS)/student_v4/teacher_stem/best simvg/weights/synthref-student --dtype float16 --keep-branch 0
+		--output $(RUNS)/student/teacher_stem --set distill.stem_conv=Conv
+	simvg export $(RUNS)/student/teacher_stem/best simvg/weights/synthref-student --dtype float16 --keep-branch 0

@@ -117,7 +117,7 @@ class HeadConfig:
     # What the landmark pointer's query is read from: "token", the object token (the encoder's
     # fused view of the phrase); "words", the phrase's input embeddings read by a small
     # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
-    # the landmark: README "The default teacher").
+    # the landmark: docs/synthref-teacher.md).
     landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:
