@@ -7,8 +7,11 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install -q -e .
 
+# torchscale 0.3.0, the reference BEiT-3 of the parity test (tests only), pins old timm and
+# fairscale: the test extra has versions that work, and torchscale is installed without its pins.
 install-test:
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps torchscale==0.3.0
 
 # Debian's chromium for the end-to-end browser test (Playwright's own download is not used).
 browser:
