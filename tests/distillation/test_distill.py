@@ -128,6 +128,16 @@ def test_takfl_merges_students_distilled_from_each_teacher(tiny_run, second_teac
     Grounder.from_pretrained(run / "last", device="cpu")
 
 
+@pytest.mark.parametrize("mode", ["tuned", "uniform"])
+def test_takfl_lambdas_tuned_or_uniform_lie_on_the_simplex(tiny_run, second_teacher, synthref_root, tmp_path, mode):
+    assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl",
+                   "--set", f"distill.merge_lambdas={mode}") == 0  # fmt: skip
+    lambdas = json.loads((tmp_path / "takfl" / "last" / "config.json").read_text())["lambdas"]
+    assert len(lambdas) == 2 and min(lambdas) >= 0 and sum(lambdas) == pytest.approx(1)
+    if mode == "uniform":
+        assert lambdas == [0.5, 0.5]
+
+
 def test_takfl_is_refused_with_the_ground_truth_objective(tiny_run, second_teacher, synthref_root, tmp_path, capsys):
     assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl",
                    "--set", "distill.objective=full") == 2  # fmt: skip
