@@ -254,3 +254,21 @@ def test_jitter_moves_the_landmark_and_scene_with_the_target(tokenizer):
         edge_seen.add(edge_visible)
         assert ("edge" in found) == edge_visible, seed
     assert edge_seen == {True, False}
+
+
+def test_jitter_keeps_every_target_of_a_set_and_jitters_phrases_without_one(tokenizer):
+    augment = AugmentConfig(scale=[0.3, 1.4], flip=0.0, color=0.0, mode="lsj")
+    pre = Preprocessor(tokenizer, image_size=96, max_text_length=20, augment=augment, resize="stretch")
+    pixels = np.full((150, 200, 3), 90, np.uint8)
+    boxes = [(20, 30, 60, 70), (130, 80, 180, 130)]
+    for x0, y0, x1, y1 in boxes:
+        pixels[y0:y1, x0:x1] = (250, 10, 10)
+    image = LoadedImage(pixels, 200, 150)
+    for seed in range(10):
+        sample = pre(image, "all the red boxes", boxes_xyxy=boxes, seed=seed)
+        assert sample.target is None and sample.target_set.shape == (2, 4)
+        for cx, cy, w, h in (sample.target_set * 96).tolist():
+            assert red_fraction(sample, (cx - w / 4, cy - h / 4, cx + w / 4, cy + h / 4)) > 0.9
+    empty = [pre(image, "the green box", boxes_xyxy=[], seed=seed) for seed in range(6)]
+    assert all(s.target_set.shape == (0, 4) for s in empty)
+    assert len({s.image[0].float().mean().round(decimals=1).item() for s in empty}) > 1  # jittered: crops differ
