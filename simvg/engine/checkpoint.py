@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -193,13 +194,14 @@ def read_checkpoint_config(directory: str | Path) -> dict:
 
 
 # Parameters older checkpoints carry that had no effect on any output and were removed: the
-# words landmark pointer's selection and key biases (each added one constant to every score
-# before a softmax, over the words or over the cells).
+# words landmark pointer's selection and key biases and the cell-based token branch's key bias
+# (each added one constant to every score before a softmax, over the words or over the cells).
 _RETIRED_SUFFIXES = ("landmark_relation.pointer.select.bias", "landmark_relation.pointer.key.bias")
+_RETIRED_PATTERN = re.compile(r"(^|\.)token_head(\.one\.branches\.\d+)?\.key\.bias$")
 
 
 def _retired(key: str) -> bool:
-    return key.endswith(_RETIRED_SUFFIXES)
+    return key.endswith(_RETIRED_SUFFIXES) or _RETIRED_PATTERN.search(key) is not None
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
@@ -230,7 +232,8 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
         weights = load_file(str(directory / WEIGHTS_FILE), device=map_location)
-        weights = {key: value for key, value in weights.items() if not _retired(key)}
+        expected = model.state_dict().keys()
+        weights = {key: value for key, value in weights.items() if key in expected or not _retired(key)}
         model.load_state_dict(weights, strict=True)
     except SafetensorError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {err}") from err

@@ -46,8 +46,9 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 
 
 def test_checkpoints_with_the_retired_pointer_biases_still_load(tmp_path):
-    # The words landmark pointer once had a selection bias and a key bias, which could not
-    # change any output (constants before a softmax); older checkpoints carry them.
+    # The words landmark pointer once had a selection bias and a key bias, and the token branch
+    # a key bias, none of which could change any output (constants before a softmax); older
+    # checkpoints carry them.
     from safetensors.torch import load_file, save_file
 
     config = load_config(TINY_CONFIG)
@@ -58,9 +59,10 @@ def test_checkpoints_with_the_retired_pointer_biases_still_load(tmp_path):
     weights = load_file(tmp_path / "ckpt" / "model.safetensors")
     prefix = "token_head.landmark_relation.pointer"
     weights[f"{prefix}.select.bias"], weights[f"{prefix}.key.bias"] = torch.ones(1), torch.ones(256)
+    weights["token_head.key.bias"] = torch.ones(model.token_head.key.out_features)
     save_file(weights, tmp_path / "ckpt" / "model.safetensors")
     loaded = load_checkpoint(tmp_path / "ckpt")[0]
-    assert f"{prefix}.select.bias" not in loaded.state_dict()
+    assert f"{prefix}.select.bias" not in loaded.state_dict() and "token_head.key.bias" not in loaded.state_dict()
     with pytest.raises(CheckpointError, match="does not match"):  # any other extra key is still an error
         weights["token_head.unknown"] = torch.ones(1)
         save_file(weights, tmp_path / "ckpt" / "model.safetensors")
