@@ -255,6 +255,10 @@ def run_export(args: argparse.Namespace) -> int:
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
     if args.keep_branch is not None:
         grounder.model.keep_token_branch(args.keep_branch)
+    if isinstance(grounder.meta.get("teachers"), list):  # a copy to share: no absolute paths of this machine
+        from simvg.engine.checkpoint import shareable_path
+
+        grounder.meta["teachers"] = [shareable_path(str(t)) for t in grounder.meta["teachers"]]
     grounder.save_pretrained(args.output, dtype=getattr(torch, args.dtype))
     size = (Path(args.output) / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB of {args.dtype} weights)")

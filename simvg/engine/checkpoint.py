@@ -159,7 +159,7 @@ def save_checkpoint(
         meta = {
             "format_version": FORMAT_VERSION,
             "config": to_dict(config),
-            "backbone_config": backbone_config,
+            "backbone_config": portable_backbone_config(backbone_config, config.model.encoder.pretrained),
             "vocab_size": len(tokenizer),
             **(extra or {}),
         }
@@ -179,6 +179,38 @@ def save_checkpoint(
             save_file({k: v.contiguous() for k, v in file_tensors.items()}, str(tmp / name))
 
     write_atomically(Path(directory), write)
+
+
+def portable_backbone_config(backbone_config: dict, pretrained: str | None) -> dict:
+    """``backbone_config`` without this machine's path to the pretrained weights.
+
+    A Hugging Face config records the directory it was read from (``_name_or_path``); for the
+    "minilm-l6" alias that is a folder of this machine's site-packages. Loading a checkpoint
+    never reads it (the structure is in the other keys), so the recipe's own name for the
+    weights (an alias or hub id) is recorded instead, or nothing for a local directory."""
+    name = backbone_config.get("_name_or_path")
+    if not isinstance(name, str) or not _is_local_path(name):
+        return backbone_config
+    return {**backbone_config, "_name_or_path": pretrained if pretrained and not _is_local_path(pretrained) else ""}
+
+
+def shareable_path(path: str) -> str:
+    """``path`` as a checkpoint meant to be shared records it: relative to the current
+    directory where it lies inside it, else its last two parts (``teacher/best``); never this
+    machine's absolute path."""
+    resolved = Path(path)
+    if not resolved.is_absolute():
+        return path
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*resolved.parts[-2:]))
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether ``name`` is a filesystem path (here or on another machine), not a hub id or alias."""
+    windows_drive = re.match(r"[A-Za-z]:[\\/]", name) is not None
+    return name.startswith(("/", ".", "~", "\\")) or windows_drive or Path(name).exists()
 
 
 def read_checkpoint_config(directory: str | Path) -> dict:
