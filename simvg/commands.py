@@ -265,6 +265,33 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check_data(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from simvg.data.check import check_data_root, format_report
+
+    report = check_data_root(args.data_root, args.dataset, args.split, args.image_root, decode=not args.headers_only)
+    if args.json:
+        print_json({"data_root": str(report.data_root), "ok": report.ok, "images": report.images,
+                    "splits": [asdict(s) for s in report.splits],
+                    "problems": [asdict(p) for p in report.problems]})  # fmt: skip
+    else:
+        print(format_report(report, args.max_problems))
+    return 0 if report.ok else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from simvg.data.check import check_data_root, format_report
+    from simvg.data.convert import convert_phrases
+
+    summary = convert_phrases(args.phrases, args.images, args.out, args.name, args.coco, args.box_format, args.copy)
+    counts = ", ".join(f"{split} {n} records ({summary.expressions[split]} phrases)" for split, n in summary.records.items())
+    print(f"wrote dataset '{summary.name}' under {summary.out}: {counts}; {summary.images} images")
+    report = check_data_root(summary.out, [summary.name])
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 COMMANDS = {
     "synth": run_synth,
     "train": run_train,
@@ -273,4 +300,6 @@ COMMANDS = {
     "predict": run_predict,
     "bench": run_bench,
     "export": run_export,
+    "check-data": run_check_data,
+    "convert": run_convert,
 }
