@@ -264,10 +264,41 @@ def run_export(args: argparse.Namespace) -> int:
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
     if args.keep_branch is not None:
         grounder.model.keep_token_branch(args.keep_branch)
+    if isinstance(grounder.meta.get("teachers"), list):  # a copy to share: no absolute paths of this machine
+        from simvg.engine.checkpoint import shareable_path
+
+        grounder.meta["teachers"] = [shareable_path(str(t)) for t in grounder.meta["teachers"]]
     grounder.save_pretrained(args.output, dtype=getattr(torch, args.dtype))
     size = (Path(args.output) / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB of {args.dtype} weights)")
     return 0
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from simvg.data.check import check_data_root, format_report
+
+    report = check_data_root(args.data_root, args.dataset, args.split, args.image_root, decode=not args.headers_only)
+    if args.json:
+        print_json({"data_root": str(report.data_root), "ok": report.ok, "images": report.images,
+                    "splits": [asdict(s) for s in report.splits],
+                    "problems": [asdict(p) for p in report.problems]})  # fmt: skip
+    else:
+        print(format_report(report, args.max_problems))
+    return 0 if report.ok else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from simvg.data.check import check_data_root, format_report
+    from simvg.data.convert import convert_phrases
+
+    summary = convert_phrases(args.phrases, args.images, args.out, args.name, args.coco, args.box_format, args.copy)
+    counts = ", ".join(f"{split} {n} records ({summary.expressions[split]} phrases)" for split, n in summary.records.items())
+    print(f"wrote dataset '{summary.name}' under {summary.out}: {counts}; {summary.images} images")
+    report = check_data_root(summary.out, [summary.name])
+    print(format_report(report))
+    return 0 if report.ok else 1
 
 
 COMMANDS = {
@@ -278,4 +309,6 @@ COMMANDS = {
     "predict": run_predict,
     "bench": run_bench,
     "export": run_export,
+    "check-data": run_check_data,
+    "convert": run_convert,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -160,7 +161,7 @@ def save_checkpoint(
         meta = {
             "format_version": FORMAT_VERSION,
             "config": to_dict(config),
-            "backbone_config": backbone_config,
+            "backbone_config": portable_backbone_config(backbone_config, config.model.encoder.pretrained),
             "vocab_size": len(tokenizer),
             **(extra or {}),
         }
@@ -182,6 +183,38 @@ def save_checkpoint(
     write_atomically(Path(directory), write)
 
 
+def portable_backbone_config(backbone_config: dict, pretrained: str | None) -> dict:
+    """``backbone_config`` without this machine's path to the pretrained weights.
+
+    A Hugging Face config records the directory it was read from (``_name_or_path``); for the
+    "minilm-l6" alias that is a folder of this machine's site-packages. Loading a checkpoint
+    never reads it (the structure is in the other keys), so the recipe's own name for the
+    weights (an alias or hub id) is recorded instead, or nothing for a local directory."""
+    name = backbone_config.get("_name_or_path")
+    if not isinstance(name, str) or not _is_local_path(name):
+        return backbone_config
+    return {**backbone_config, "_name_or_path": pretrained if pretrained and not _is_local_path(pretrained) else ""}
+
+
+def shareable_path(path: str) -> str:
+    """``path`` as a checkpoint meant to be shared records it: relative to the current
+    directory where it lies inside it, else its last two parts (``teacher/best``); never this
+    machine's absolute path."""
+    resolved = Path(path)
+    if not resolved.is_absolute():
+        return path
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*resolved.parts[-2:]))
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether ``name`` is a filesystem path (here or on another machine), not a hub id or alias."""
+    windows_drive = re.match(r"[A-Za-z]:[\\/]", name) is not None
+    return name.startswith(("/", ".", "~", "\\")) or windows_drive or Path(name).exists()
+
+
 def read_checkpoint_config(directory: str | Path) -> dict:
     path = resolve_checkpoint(directory) / CONFIG_FILE
     try:
@@ -195,13 +228,14 @@ def read_checkpoint_config(directory: str | Path) -> dict:
 
 
 # Parameters older checkpoints carry that had no effect on any output and were removed: the
-# words landmark pointer's selection and key biases (each added one constant to every score
-# before a softmax, over the words or over the cells).
+# words landmark pointer's selection and key biases and the cell-based token branch's key bias
+# (each added one constant to every score before a softmax, over the words or over the cells).
 _RETIRED_SUFFIXES = ("landmark_relation.pointer.select.bias", "landmark_relation.pointer.key.bias")
+_RETIRED_PATTERN = re.compile(r"(^|\.)token_head(\.one\.branches\.\d+)?\.key\.bias$")
 
 
 def _retired(key: str) -> bool:
-    return key.endswith(_RETIRED_SUFFIXES)
+    return key.endswith(_RETIRED_SUFFIXES) or _RETIRED_PATTERN.search(key) is not None
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
@@ -232,7 +266,8 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
         weights = load_file(str(directory / WEIGHTS_FILE), device=map_location)
-        weights = {key: value for key, value in weights.items() if not _retired(key)}
+        expected = model.state_dict().keys()
+        weights = {key: value for key, value in weights.items() if key in expected or not _retired(key)}
         model.load_state_dict(weights, strict=True)
     except SafetensorError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {err}") from err

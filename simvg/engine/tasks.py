@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from simvg.config import Config, LossConfig
+from simvg.data.check import check_record_images
 from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
 from simvg.data.records import PER_EXPRESSION_EXTRAS, GroundingRecord
@@ -150,6 +151,8 @@ def build_datasets(
     train_set = None
     if train:
         records = load_records(data_root, data.dataset, data.train_split, data.image_root)
+        # Unreadable images fail here, in seconds, not when a batch first reaches them.
+        check_record_images(records, f"dataset '{data.dataset}', split '{data.train_split}'")
         if data.train_expression_types is not None:
             records = filter_expression_types(records, data.train_expression_types)
         preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment, model.resize)
@@ -159,6 +162,7 @@ def build_datasets(
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)
+        check_record_images(records, f"dataset '{data.dataset}', split '{data.val_split}'")
         preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, resize=model.resize)
         val_set = GroundingDataset(records, preprocessor, train=False, max_items=data.val_max_expressions)
     return train_set, val_set

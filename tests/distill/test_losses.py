@@ -121,7 +121,8 @@ def test_box_kd_values_weights_and_detach():
     raw = box_distillation_loss(student, teacher, l1_weight=1.0, giou_weight=1.0)
     # sample 2 is shifted by 0.1 in cx: L1 0.1; IoU 1/3, enclosing box = union, GIoU loss 2/3.
     assert torch.allclose(raw["loss_box_kd_l1"], torch.tensor(0.05))
-    assert torch.allclose(raw["loss_box_kd_giou"], torch.tensor(1 / 3))
+    # (torchvision's GIoU adds 1e-7 to the union: ~1.5e-6 off 1/3 for these 0.2 x 0.2 boxes)
+    assert torch.allclose(raw["loss_box_kd_giou"], torch.tensor(1 / 3), atol=1e-5)
 
     default = box_distillation_loss(student, teacher)
     assert torch.allclose(default["loss_box_kd_l1"], 5 * raw["loss_box_kd_l1"])

@@ -35,14 +35,15 @@ def test_task_vector_skips_non_float_entries_and_checks_keys():
         task_vector(start, {k: v for k, v in end.items() if k != "count"})
 
 
-def test_merge_is_exactly_start_plus_weighted_task_vectors():
+def test_merge_is_start_plus_weighted_task_vectors():
     start = _state(0)
     taus = [task_vector(start, _state(seed)) for seed in (1, 2, 3)]
     lambdas = [0.5, -0.25, 2.0]
     merged = merge_task_vectors(start, taus, lambdas)
     for key in ("w", "b"):
         expected = start[key] + 0.5 * taus[0][key] - 0.25 * taus[1][key] + 2.0 * taus[2][key]
-        assert torch.equal(merged[key], expected)
+        # The same sum, up to the order (and fused multiply-adds) of a float64 kernel.
+        assert torch.allclose(merged[key], expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(merged["count"], start["count"])
     assert merged["count"] is not start["count"]
 

@@ -142,16 +142,47 @@ def test_tensorboard_logging_without_the_package_is_named_before_training(synthr
     assert not (tmp_path / "run" / "last").exists()
 
 
+def corrupt_png_data(path) -> None:
+    """Break the PNG's compressed pixels but keep every chunk's checksum right: only decoding
+    the image finds it."""
+    import struct
+    import zlib
+
+    data, out, pos = path.read_bytes(), bytearray(path.read_bytes()[:8]), 8
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
+        body = bytearray(data[pos + 8 : pos + 8 + length])
+        if kind == b"IDAT":
+            body[2:] = b"\xff" * 8 + bytes(len(body) - 10)  # the zlib header kept, its stream broken
+        out += struct.pack(">I", length) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        pos += 12 + length
+    path.write_bytes(bytes(out))
+
+
+def test_unreadable_training_images_are_named_before_training(synthref_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthref_root, root)
+    broken = sorted((root / "images" / "synthref" / "train").glob("*.png"))[-1]
+    broken.write_bytes(b"garbage")
+    assert train([], root, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {broken}: not a supported image file" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "last").exists()  # stopped before the first step
+
+
 def test_a_bad_training_image_read_by_a_worker_is_one_clear_line(synthref_root, tmp_path, capsys):
     import shutil
 
     root = tmp_path / "data"
     shutil.copytree(synthref_root, root)
-    for image in (root / "images").rglob("*.png"):
-        image.write_bytes(b"garbage")
+    for image in (root / "images" / "synthref" / "train").glob("*.png"):
+        corrupt_png_data(image)  # passes the up-front check; found when a worker decodes it
     assert train(["--set", "data.num_workers=1", "--set", "train.stem_pretrain_steps=0"], root, tmp_path / "run") == 2
     err = capsys.readouterr().err
-    assert "cannot read image" in err and "Traceback" not in err and "DataLoader worker" not in err
+    assert "cannot decode image" in err and "corrupt or truncated" in err
+    assert "Traceback" not in err and "DataLoader worker" not in err
 
 
 def test_filtering_expression_types_keeps_each_phrases_landmark(synthref_root):

@@ -135,7 +135,8 @@ def folded_parameter_names(branch: str, box_layers: int, detail: bool, relation:
     linears += [f"{branch}.box_head.layers.{i}" for i in range(box_layers)]
     linears += ["visual_proj"] + (["detail_proj"] if detail else [])
     names = [f"{linear}.{name}" for linear in linears for name in ("weight", "bias")]
-    return [name for name in names if name != f"{branch}.landmark_relation.pointer.key.bias"]
+    biasless = {f"{branch}.key.bias", f"{branch}.landmark_relation.pointer.key.bias"}
+    return [name for name in names if name not in biasless]
 
 
 def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: nn.Linear | None) -> FoldedTokenBranch:

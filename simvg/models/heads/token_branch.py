@@ -97,7 +97,8 @@ class TokenBranch(nn.Module):
         self.reference_window = reference_window
         self.proj = nn.Linear(dim, dim)
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        # No key bias: it would add query . bias, one constant, to every cell's logit.
+        self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim)
         self.condition = nn.Linear(dim, dim)
         self.class_head = nn.Linear(dim, 2)
