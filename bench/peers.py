@@ -607,6 +607,24 @@ def format_report(rows: list[Peer], args, machine: str, peak: dict, ceiling: flo
     return "\n".join(lines) + "\n"
 
 
+def separate_labels(fig, labels: list) -> None:
+    """Move each label down (in steps of its height) until its text overlaps no label placed
+    before it; a grey line joins a label to its point."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    placed = []
+    for label in labels:
+        box = Text.get_window_extent(label)  # the text alone, without its line
+        for _ in range(20):
+            if not any(box.overlaps(other) for other in placed):
+                break
+            dx, dy = label.get_position()
+            label.set_position((dx, dy - 0.8 * box.height * 72 / fig.dpi))
+            box = Text.get_window_extent(label)
+        placed.append(box)
+
+
 def plot(rows: list[Peer], path: Path) -> None:
     """Median latency against parameters and against GFLOPs per call, log scales, labelled."""
     import matplotlib
@@ -623,19 +641,19 @@ def plot(rows: list[Peer], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
     for ax, key, label in ((axes[0], "params", "parameters (M)"), (axes[1], "gflops", "model GFLOPs per call")):
+        labels = []
         for row in measured:
             x, y = (row.params / 1e6 if key == "params" else row.gflops), median_ms(row)
             ax.scatter(x, y, color=groups[group(row)], zorder=3)
-            # A quantized or exported run shares its model's x: its label goes to the left.
-            left = row.same_as is not None
-            ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(-5 if left else 5, 3), fontsize=7,
-                        ha="right" if left else "left")  # fmt: skip
+            labels.append(ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(8, 0), fontsize=7,
+                                      va="center", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "dimgrey"}))  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("median ms per call (batch 1, CPU)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.margins(x=0.25)
+        ax.margins(x=0.25, y=0.1)
+        separate_labels(fig, labels)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=g) for g, c in groups.items()]
     axes[1].legend(handles=handles, fontsize=7, loc="lower right")
     fig.suptitle("Grounding one phrase in one image on this CPU: latency against size", fontsize=10)
