@@ -18,8 +18,10 @@ One call is what a user runs to ground the phrase: from the decoded image (a PIL
 memory) to boxes in its pixels, with the model's own pre- and post-processing. The models take
 turns call by call (one warm-up call each, then ``--calls`` rounds), so that drifting machine
 load hits them alike; the table gives the median and the fastest call. FLOPs per call are
-counted by torch.utils.flop_counter on one call (matrix products, convolutions and attention;
-elementwise work, normalisation and sampling ops are not counted, for every model alike).
+counted by torch.utils.flop_counter on one call of the model itself (its forward, or
+Florence-2's generation), 2 per multiply-add: matrix products, convolutions and attention;
+elementwise work, normalisation and sampling ops are not counted, for every model alike.
+Every model is loaded at once (about 6 GiB).
 ``--quick`` builds every model with tiny sizes and times 2 calls each: a check that the script
 works, not a measurement. docs/peers.md says what each row is.
 """
@@ -27,7 +29,6 @@ works, not a measurement. docs/peers.md says what each row is.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import inspect
 import os
@@ -109,7 +110,6 @@ class Peer:
     warm_flops: bool = True  # count FLOPs after a warm-up call (models that keep state between calls)
     gflops: float | None = None
     times: list[float] | None = None
-    keep: object = None  # the objects the call needs (freed with the row)
 
 
 def unavailable(name: str, reason: str) -> Peer:
@@ -185,11 +185,11 @@ def student_rows(image: Image.Image, text: str, workdir: Path, onnx: bool) -> li
     params, size = simvg_params(student), grounder_input(student)
     rows = [
         Peer("student", predict_call(student, image, text), params, size, "Grounder.predict, token branch",
-             flops_call=forward_call(student, image, text), keep=student),
+             flops_call=forward_call(student, image, text)),
         Peer("student int8", predict_call(student_int8, image, text), params, size,
-             "Grounder.predict(quantize='int8')", same_as="student", keep=student_int8),
+             "Grounder.predict(quantize='int8')", same_as="student"),
         Peer("student, model forward only", forward_call(student, image, text), params, size,
-             "SimVG.forward, token branch, on the preprocessed input", keep=student),
+             "SimVG.forward, token branch, on the preprocessed input"),
     ]  # fmt: skip
     if onnx:
         rows += onnx_rows(image, text, workdir, params, size)
@@ -220,7 +220,7 @@ def onnx_rows(image: Image.Image, text: str, workdir: Path, params: int, size: s
             rows.append(unavailable(name, f"{type(err).__name__}: {err}"))
             continue
         what = "Grounder.predict, backend='onnxruntime'" + (", quantize='int8'" if quantize else "")
-        rows.append(Peer(name, predict_call(grounder, image, text), params, size, what, same_as="student", keep=grounder))
+        rows.append(Peer(name, predict_call(grounder, image, text), params, size, what, same_as="student"))
     return rows
 
 
@@ -240,9 +240,9 @@ def teacher_rows(image: Image.Image, text: str, checkpoint: Path | None, quick: 
     params, size = simvg_params(teacher), grounder_input(teacher)
     return [
         Peer("teacher", predict_call(teacher, image, text), params, size, f"Grounder.predict ({origin})",
-             flops_call=forward_call(teacher, image, text), keep=teacher),
+             flops_call=forward_call(teacher, image, text)),
         Peer("teacher int8", predict_call(teacher_int8, image, text), params, size,
-             "Grounder.predict, encoder linear layers int8", same_as="teacher", keep=teacher_int8),
+             "Grounder.predict, encoder linear layers int8", same_as="teacher"),
     ]  # fmt: skip
 
 
@@ -251,7 +251,7 @@ def simvg_vilt_row(image: Image.Image, text: str, quick: bool) -> Peer:
     grounder = build_grounder(CONFIGS / "refcoco_vilt.yaml", overrides)
     return Peer("SimVG ViLT-B/32", predict_call(grounder, image, text), simvg_params(grounder), grounder_input(grounder),
                 "Grounder.predict, token branch (random weights of ViLT-B/32's sizes)",
-                flops_call=forward_call(grounder, image, text), keep=grounder)  # fmt: skip
+                flops_call=forward_call(grounder, image, text))  # fmt: skip
 
 
 def simvg_beit3_row(image: Image.Image, text: str, quick: bool) -> Peer:
@@ -270,7 +270,7 @@ def simvg_beit3_row(image: Image.Image, text: str, quick: bool) -> Peer:
     grounder = build_grounder(CONFIGS / "refcoco_vilt.yaml", overrides, vocab, load_tokenizer(MINILM_ALIAS))
     return Peer(name, predict_call(grounder, image, text), simvg_params(grounder), grounder_input(grounder),
                 "Grounder.predict, token branch (random weights of BEiT-3-B's sizes)",
-                flops_call=forward_call(grounder, image, text), keep=grounder)  # fmt: skip
+                flops_call=forward_call(grounder, image, text))  # fmt: skip
 
 
 # ---- Hugging Face peers ------------------------------------------------------------------
@@ -323,7 +323,7 @@ def grounding_dino_row(image: Image.Image, text: str, quick: bool) -> Peer:
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     return Peer("Grounding DINO-T", call, count_parameters(model), f"{size_text(inputs.pixel_values)} (processor default)",
                 "processor (resize, normalise, BERT tokens) + forward + post_process_grounded_object_detection",
-                flops_call=no_grad(lambda: model(**inputs)), warm_flops=False, keep=model)  # fmt: skip
+                flops_call=no_grad(lambda: model(**inputs)), warm_flops=False)  # fmt: skip
 
 
 def owlv2_row(image: Image.Image, text: str, quick: bool) -> Peer:
@@ -344,7 +344,7 @@ def owlv2_row(image: Image.Image, text: str, quick: bool) -> Peer:
     model = model_cls(config).eval()
     length = config.text_config.max_position_embeddings  # 16
     words = len(text.split())
-    input_ids = torch.randint(400, 40000, (1, length))
+    input_ids = torch.randint(400, 40000, (1, length), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.zeros(1, length, dtype=torch.long)
     attention_mask[:, : min(length, words + 2)] = 1  # start, words, end; the rest is padding
 
@@ -358,13 +358,14 @@ def owlv2_row(image: Image.Image, text: str, quick: bool) -> Peer:
     return Peer("OWLv2-B/16", call, count_parameters(model), f"{size_text(pixels)} (processor default, padded square)",
                 "image processor + forward (16 text token ids) + post_process_object_detection",
                 flops_call=no_grad(lambda: model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels)),
-                warm_flops=False, keep=model)  # fmt: skip
+                warm_flops=False)  # fmt: skip
 
 
 def florence2_row(image: Image.Image, text: str, quick: bool) -> Peer:
     """Florence-2-base (DaViT [128, 256, 512, 1024] x [1, 1, 9, 1], BART-base 6+6 layers of 768,
-    51289 tokens and the <image> placeholder) at 768 x 768. Grounding is generation: the image processor, the vision tower,
-    BART's encoder over the 577 image tokens and the prompt, then a fixed number of decode
+    51289 tokens and the <image> placeholder) at 768 x 768. Grounding is generation: the image
+    processor, the vision tower, BART's encoder over the 577 image tokens and the prompt of the
+    <CAPTION_TO_PHRASE_GROUNDING> task, then a fixed number of decode
     steps (3 beams, key-value cache) long enough for a box answer: the phrase echoed, four
     location tokens, start and end. BART's tokenizer files are not here: the prompt is as many
     token ids as BERT's tokenizer gives its words, and parsing the answer's location tokens
@@ -410,7 +411,7 @@ def florence2_row(image: Image.Image, text: str, quick: bool) -> Peer:
                 count_parameters(model), f"{size_text(pixels)} (processor)",
                 f"image processor + vision tower + BART encoder ({image_tokens} image + {prompt_tokens + 2} text "
                 f"tokens) + {steps} decode steps, {FLORENCE_BEAMS} beams",
-                flops_call=lambda: generate(pixels), warm_flops=False, keep=model)  # fmt: skip
+                flops_call=lambda: generate(pixels), warm_flops=False)  # fmt: skip
 
 
 # ---- the machine -------------------------------------------------------------------------
@@ -689,9 +690,6 @@ def main(argv: list[str] | None = None) -> list[Peer]:
     with tempfile.TemporaryDirectory() as workdir:
         rows = build_rows(image, text, Path(workdir), args)
         measure(rows, args.calls)
-    for row in rows:
-        row.keep = None
-    gc.collect()
     ceiling = matmul_gflops(args.matmul_size, args.matmul_repeats)
     report = format_report(rows, args, machine_line(info), cpu_peak(info), ceiling, inputs, text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
