@@ -111,7 +111,7 @@ def measure(config, batch_size: int, args, device: torch.device, vocab_size: int
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config.model, vocab_size).to(device)
-    module = GroundingLoss(model, GroundingCriterion(config.loss)).train()
+    module = GroundingLoss(model, GroundingCriterion(config.loss)).to(device).train()
     optimizer = build_optimizer(module, config.train)
     amp = resolve_amp(config.train.amp, device)
     step_module = torch.compile(module) if args.compile else module

@@ -145,7 +145,7 @@ def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: 
     dtype = branch.proj.weight.dtype
 
     def f64(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        bias = torch.zeros(linear.out_features) if linear.bias is None else linear.bias
+        bias = linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias
         return linear.weight.double(), bias.double()
 
     (w_p, b_p), (w_q, b_q), (w_k, b_k) = f64(branch.proj), f64(branch.query), f64(branch.key)
