@@ -25,6 +25,7 @@ from simvg.models.heads.folded_token_branch import (
     folded_parameter_names,
 )
 from simvg.models.heads.position_encoding import sine_position_encoding
+from simvg.models.heads.simvg_head import SimVGHead
 from simvg.models.heads.token_branch import MultiBranchTokenHead
 
 __all__ = ["SimVG", "build_model", "cell_detail", "ProjectedCellDetail"]
@@ -68,6 +69,10 @@ class SimVG(nn.Module):
       "visual_tokens": (B, N, W) the encoder's fused visual tokens, "visual_mask": (B, N) bool,
       "visual_content": (B, N, W) the visual tokens before fusion (hybrid encoder only).
     Boxes are normalised cx, cy, w, h in the letterbox frame; class 0 = object.
+
+    With ``model.head.type: simvg`` the head is SimVG's (:class:`SimVGHead`, weights under
+    ``head.``) and the outputs are those its docstring lists; the rest of this class (the
+    modules below, ONE branches, folding) is the "cells" head's.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, backbone_config: dict | None = None):
@@ -76,6 +81,9 @@ class SimVG(nn.Module):
         head = config.head
         self.encoder = build_encoder(config, vocab_size, backbone_config)
         width = self.encoder.hidden_size
+        if head.type == "simvg":
+            self.head = SimVGHead(width, head)
+            return
         dim = head.hidden_dim
         self.object_proj = nn.Linear(width, dim)
         self.text_proj = nn.Linear(width, dim)
@@ -105,7 +113,7 @@ class SimVG(nn.Module):
         """Replace a ONE multi-branch token head by its branch ``index`` (a plain token
         branch), dropping the other branches and the gate; ``self.config`` is updated so the
         model saves and reloads as a single-branch one. Outputs of that branch are unchanged."""
-        if not isinstance(self.token_head, MultiBranchTokenHead):
+        if not isinstance(getattr(self, "token_head", None), MultiBranchTokenHead):
             raise ValueError("this model's token head has a single branch; there is nothing to drop")
         branches = self.token_head.one.branches
         if not 0 <= index < len(branches):
@@ -117,7 +125,8 @@ class SimVG(nn.Module):
     def keep_deployed_branch(self) -> None:
         """Keep only the branch a ONE head deploys (``head.deploy_branch``), as the model runs
         at inference; a model without one is left as it is."""
-        if isinstance(self.token_head, MultiBranchTokenHead) and self.token_head.deploy_branch is not None:
+        token_head = getattr(self, "token_head", None)
+        if isinstance(token_head, MultiBranchTokenHead) and token_head.deploy_branch is not None:
             self.keep_token_branch(self.token_head.deploy_branch)
 
     def forward(
@@ -134,6 +143,8 @@ class SimVG(nn.Module):
 
     def heads(self, encoded: EncoderOutput, use_decoder: bool | None = None, all_cells: bool | None = None) -> dict:
         """Everything after the encoder: forward()'s result from the encoder's outputs."""
+        if self.config.head.type == "simvg":
+            return self.head(encoded, use_decoder)
         text = self.text_proj(encoded.text_tokens)
         queries = self.query_generator(text, encoded.text_mask)
         object_token = self.object_proj(encoded.object_token) + queries[:, 0]
