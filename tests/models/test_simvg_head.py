@@ -6,7 +6,10 @@ import torch
 from simvg.config import ConfigError, EncoderConfig, HeadConfig, ModelConfig
 from simvg.engine.import_official import map_official_state
 from simvg.models import build_model
-from simvg.models.heads.position_encoding import detr_sine_position_encoding, simvg_text_position_encoding
+from simvg.models.heads.position_encoding import (
+    detr_sine_position_encoding,
+    simvg_text_position_encoding,
+)
 from simvg.models.heads.simvg_query_generation import SimVGQueryGenerator
 from tests.models.test_model import inputs
 from tests.official_simvg import (
