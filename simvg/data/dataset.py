@@ -301,6 +301,7 @@ class Batch:
 
     images: (B, 3, S, S) uint8; pixel_mask: (B, S, S) bool; input_ids, text_mask: (B, L);
     targets: (B, 4) normalised cx, cy, w, h, or None.
+    target_sets: B tensors (n_i, 4) normalised cx, cy, w, h (each phrase's targets), or None.
     """
 
     images: torch.Tensor
@@ -311,12 +312,14 @@ class Batch:
     letterboxes: list[Letterbox]
     phrases: list[str]
     meta: list[dict[str, Any]]
+    target_sets: list[torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
+        sets = None if self.target_sets is None else [move(t) for t in self.target_sets]
         return Batch(
             move(self.images), move(self.pixel_mask), move(self.input_ids), move(self.text_mask),
-            move(self.targets), self.letterboxes, self.phrases, self.meta,
+            move(self.targets), self.letterboxes, self.phrases, self.meta, sets,
         )  # fmt: skip
 
 
@@ -343,4 +346,5 @@ class Collator:
             letterboxes=[s.letterbox for s in samples],
             phrases=[s.phrase for s in samples],
             meta=[s.meta for s in samples],
+            target_sets=[s.target[None] for s in samples] if has_targets else None,
         )

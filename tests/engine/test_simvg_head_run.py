@@ -1,0 +1,33 @@
+"""A model with SimVG's head ("model.head.type: simvg") trains, evaluates and predicts through
+the same commands as ours."""
+
+import json
+
+from PIL import Image
+
+from simvg.cli import main
+from simvg.inference import Grounder
+from tests.conftest import TINY_CONFIG
+
+SIMVG_HEAD = ["model.head.type=simvg", "model.head.tqg_heads=4", "model.head.decoder_heads=4",
+              "model.head.num_queries=2"]  # fmt: skip
+
+
+def test_a_simvg_head_model_trains_evaluates_and_predicts(synthref_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    overrides = [arg for item in SIMVG_HEAD for arg in ("--set", item)]
+    args = ["train", str(TINY_CONFIG), "--data-root", str(synthref_root), "--output", str(run), "--quiet"]
+    assert main(args + overrides) == 0
+    config = json.loads((run / "last" / "config.json").read_text())["config"]
+    assert config["model"]["head"]["type"] == "simvg"
+    capsys.readouterr()
+    eval_args = ["eval", str(run / "last"), "--data-root", str(synthref_root), "--dataset", "synthref", "--split", "val", "--json"]
+    assert main(eval_args) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics["metrics"]) == {"token", "decoder"}
+    grounder = Grounder.from_pretrained(run / "last", device="cpu")
+    image = Image.new("RGB", (80, 60), (120, 120, 120))
+    for branch in ("token", "decoder"):
+        result = grounder.predict(image, "the red circle", branch=branch)
+        x0, y0, x1, y1 = result.box
+        assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 60
