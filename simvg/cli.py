@@ -117,10 +117,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="keep only token branch N of a ONE (multi-branch) head; drop the others and the gate")  # fmt: skip
 
 
+def _add_import_official(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-official", help="turn a SimVG release (.pth) into a checkpoint directory")
+    p.add_argument("source", help="SimVG's released torch file (e.g. det_best.pth)")
+    p.add_argument("output", help="checkpoint directory to write")
+    p.add_argument("--tokenizer", required=True, metavar="PATH.spm", help="BEiT-3's sentencepiece model (beit3.spm)")
+    p.add_argument("--ema", action="store_true", help="take the file's EMA weights (ema_state_dict)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simvg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export):
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export,
+                _add_import_official):
         add(sub)
     return parser
 

@@ -261,6 +261,18 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_official(args: argparse.Namespace) -> int:
+    from simvg.engine.import_official import import_official
+
+    summary = import_official(args.source, args.output, args.tokenizer, ema=args.ema)
+    model = summary["model"]
+    encoder, head = model["encoder"], model["head"]
+    print(f"wrote {args.output}: SimVG's {summary['weights']} as BEiT-3 {encoder['hidden_size']} x "
+          f"{encoder['num_layers']} layers, patch {encoder['patch_size']}, {model['image_size']} px, "
+          f"{head['num_queries']} quer{'y' if head['num_queries'] == 1 else 'ies'} (head type simvg)")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "synth": run_synth,
     "train": run_train,
@@ -269,4 +281,5 @@ COMMANDS = {
     "predict": run_predict,
     "bench": run_bench,
     "export": run_export,
+    "import-official": run_import_official,
 }

@@ -38,6 +38,12 @@ def refused_global(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def unpickler_reason(message: str) -> str:
+    """The specific part of torch's restricted-unpickler error (its advice around it dropped)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", message, re.S)
+    return " ".join(found.group(1).split()) if found else message.splitlines()[0]
+
+
 def load_torch_file(path: str | Path) -> dict:
     """The dict a torch file holds (tensors on the CPU), read without running any code.
 
@@ -53,10 +59,10 @@ def load_torch_file(path: str | Path) -> dict:
     except pickle.UnpicklingError as err:
         name = refused_global(str(err))
         if name is None:
-            raise TorchFileError(f"{path}: torch's restricted unpickler refused it: {str(err).splitlines()[0]}") from err
+            raise TorchFileError(f"{path}: not a readable torch file ({unpickler_reason(str(err))})") from err
         raise TorchFileError(f"{path}: refused: it asks for the Python object '{name}', which weights never need "
                              f"(only tensors, containers, numbers and strings are read); nothing was run") from err  # fmt: skip
-    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # a damaged or foreign file fails in many ways inside the unpickler
         raise TorchFileError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict):
         raise TorchFileError(f"{path}: holds a {type(data).__name__}, not the dict a checkpoint file holds")
