@@ -40,17 +40,22 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, target_sets: list
     normalised cxcywh; costs: (class, L1, GIoU) weights of :func:`match_cost`.
     """
     device = logits.device
+    sizes = [len(t) for t in target_sets]
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    if sum(sizes) == 0:
+        return [(empty, empty) for _ in sizes]
+    batch, predictions = logits.shape[:2]
+    # Every prediction against every target of the batch at once (as DETR), then per image.
+    targets = torch.cat([t.to(device) for t in target_sets])
+    cost = match_cost(logits.flatten(0, 1), boxes.flatten(0, 1), targets, costs).view(batch, predictions, -1)
+    if not torch.isfinite(cost).all():
+        raise ValueError("Hungarian matching: the predicted boxes give non-finite costs (the model's outputs hold NaN or inf)")
     matches = []
-    for i, targets in enumerate(target_sets):
-        if len(targets) == 0:
-            empty = torch.zeros(0, dtype=torch.int64, device=device)
+    for i, image_cost in enumerate(cost.cpu().split(sizes, dim=-1)):
+        if sizes[i] == 0:
             matches.append((empty, empty))
             continue
-        cost = match_cost(logits[i], boxes[i], targets, costs)
-        if not torch.isfinite(cost).all():
-            raise ValueError(f"matching image {i} of the batch: its predicted boxes give non-finite costs "
-                             f"(the model's outputs hold NaN or inf)")  # fmt: skip
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        rows, cols = linear_sum_assignment(image_cost[i].numpy())
         matches.append((torch.as_tensor(rows, dtype=torch.int64, device=device),
                         torch.as_tensor(cols, dtype=torch.int64, device=device)))  # fmt: skip
     return matches
