@@ -8,7 +8,6 @@ The teachers are frozen and kept out of this module's parameters and state dict.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.hooks import FeatureRecorder
@@ -19,13 +18,13 @@ from simvg.data.dataset import Batch
 from simvg.models import SimVG
 from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.criterion import (
-    OBJECT,
     cell_box_losses,
     paired_iou,
     positive_cells,
     reference_loss,
 )
 from simvg.models.postprocess import select_boxes
+from simvg.models.set_loss import class_loss
 
 
 def stem_stage_names(model: SimVG, stages: list[int]) -> list[str]:
@@ -97,6 +96,15 @@ class DistillationLoss(nn.Module):
             "loss_tok_ref": d.gt * loss.token_ref,
         } | (self.auxiliary.weight_dict if self.auxiliary is not None else {})  # fmt: skip
 
+    def _score_loss(self, head: dict, targets: torch.Tensor) -> torch.Tensor:
+        """The answer's score against "object", or its box's IoU with the target (loss.score_target
+        "iou", the "cells" head's default: simvg.models.set_loss)."""
+        if (self.config.loss.score_target or "iou") == "label":
+            goal = torch.ones(len(targets), device=targets.device)
+        else:
+            goal = paired_iou(head["boxes"].detach(), targets)
+        return class_loss(head["logits"], goal, torch.ones_like(goal))
+
     @torch.no_grad()
     def _teacher_targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list]:
         """Averaged teacher boxes (B, 4), DWBD-style confidences (B,), object tokens, stem maps."""
@@ -122,7 +130,6 @@ class DistillationLoss(nn.Module):
         one = token.get("gate") is not None
         heads = list(token["branches"]) + [token] if one else [token]
         targets = batch.targets
-        labels = torch.full((len(targets),), OBJECT, dtype=torch.long, device=targets.device)
         losses: dict[str, torch.Tensor] = {}
         positives = positive_cells(targets, out["grid"])
 
@@ -130,7 +137,7 @@ class DistillationLoss(nn.Module):
             return cell_box_losses(head["cell_boxes"], goal, positives, weights)
 
         parts = [box_terms(h, targets) for h in heads]
-        losses["loss_gt_ce"] = sum(F.cross_entropy(h["logits"].float(), labels) for h in heads)
+        losses["loss_gt_ce"] = sum(self._score_loss(h, targets) for h in heads)
         losses["loss_gt_l1"] = sum(p[0] for p in parts)
         losses["loss_gt_giou"] = sum(p[1] for p in parts)
         if one and d.one > 0:
