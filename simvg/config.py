@@ -99,9 +99,10 @@ class HeadConfig:
         regresses the box from the object token, a DETR decoder branch with absolute boxes;
         simvg/models/heads/simvg_head.py). ``reference_window``, ``token_branches``,
         ``deploy_branch``, ``landmark_relation`` and ``landmark_pointer`` apply to "cells" only.
-    num_queries: learnable queries of the query generator; each query gives the decoder branch
-        (and the "simvg" token branch) one scored box; more than 1 for phrases that name
-        several objects or none (docs/generalized-grounding.md).
+    num_queries: learnable queries of the query generator; each gives the decoder branch (and
+        the "simvg" token branch) one scored box. More than 1 is for phrases that name several
+        objects or none (docs/generalized-grounding.md); the "cells" token branch then answers
+        with every cell, each with its own score.
     """
 
     type: str = "cells"

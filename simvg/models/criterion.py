@@ -91,6 +91,30 @@ def positive_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     return inside
 
 
+def set_positive_cells(
+    target_sets: list[torch.Tensor], grid: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`positive_cells` of target sets: the samples with a target (M,), each cell's target
+    (M, h*w, 4) (where a cell lies on several, the one whose centre is nearest the cell's) and
+    the positive cells (M, h*w) bool (those on any target)."""
+    rows, goals, positives = [], [], []
+    centres = grid_centres(grid, device)
+    for i, targets in enumerate(target_sets):
+        if len(targets) == 0:
+            continue
+        targets = targets.to(device).float()
+        on = positive_cells(targets, grid)  # (T, N)
+        distance = torch.cdist(targets[:, :2], centres).masked_fill(~on, float("inf"))
+        rows.append(i)
+        goals.append(targets[distance.argmin(dim=0)])
+        positives.append(on.any(dim=0))
+    if not rows:
+        cells = grid[0] * grid[1]
+        return (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, cells, 4, device=device),
+                torch.zeros(0, cells, dtype=torch.bool, device=device))  # fmt: skip
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.stack(goals), torch.stack(positives)
+
+
 def cell_box_losses(
     cell_boxes: torch.Tensor, targets: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +211,8 @@ class GroundingCriterion(nn.Module):
         Returns (losses, stats): named unweighted losses (see ``weight_dict`` and
         ``decoder_weight_dict``) and scalar statistics such as the DWBD weight.
         """
+        if outputs["token"]["logits"].dim() == 3:  # every cell answers (cell scores)
+            return self._every_cell_answers(outputs, as_target_sets(targets))
         sets = None if isinstance(targets, torch.Tensor) else as_target_sets(targets)
         if sets is not None and all(len(t) == 1 for t in sets):
             targets, sets = torch.stack([t[0] for t in sets]), None
@@ -252,6 +278,62 @@ class GroundingCriterion(nn.Module):
         scale = 1.0 - balance if (self.config.dwbd and decoder is not None) else 1.0
         losses |= {"loss_tok_ce": token_ce * scale, "loss_tok_l1": token_l1 * scale, "loss_tok_giou": token_giou * scale}
         return losses, stats
+
+    def _cell_set_losses(self, token: dict, target_sets: TargetSets, grid: tuple[int, int]) -> tuple:
+        """A token branch whose every cell answers: (class loss, L1, 1 - GIoU). The cells'
+        scores are trained by Hungarian matching of cells to targets (a matched cell learns
+        "object", or its box's IoU; every other "no object", weighted no_object_weight); the
+        boxes, as with one target, on every cell that lies on a target (the target whose centre
+        is nearest, where targets overlap), each sample's cells sharing its weight."""
+        logits, cell_boxes = token["logits"], token["cell_boxes"]
+        matches = hungarian_match(logits, cell_boxes, target_sets, self.costs)
+        images, cells, predicted, goals = matched_pairs(cell_boxes, target_sets, matches)
+        object_target = torch.zeros(logits.shape[:2], device=logits.device)
+        weights = self.class_weight[NO_OBJECT].expand(logits.shape[:2]).clone()
+        object_target[images, cells] = paired_iou(predicted.detach(), goals) if self.score_target == "iou" else 1.0
+        weights[images, cells] = 1.0
+        ce = class_loss(logits, object_target, weights)
+        rows, cell_goals, positives = set_positive_cells(target_sets, grid, logits.device)
+        l1, giou = cell_box_losses(cell_boxes[rows], cell_goals, positives)
+        return ce, l1, giou
+
+    def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:
+        """forward() for a token branch whose every cell answers (a "cells" head with several
+        queries): the cells' set loss, the pointing loss on the samples with one target, the
+        decoder's set loss, and DWBD with the decoder's matched boxes as the cells' targets."""
+        token, grid, device = outputs["token"], outputs["grid"], outputs["token"]["logits"].device
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}
+        ce, l1, giou = self._cell_set_losses(token, target_sets, grid)
+        balance = None
+        decoder = outputs.get("decoder")
+        if decoder is not None:
+            decoder_losses, matches = self._decoder_set_losses(decoder, target_sets, "")
+            losses |= decoder_losses
+            if self.config.aux:
+                for i, aux in enumerate(decoder["aux"]):
+                    losses |= self._decoder_set_losses(aux, target_sets, f"_{i}")[0]
+            if self.config.dwbd:
+                with torch.no_grad():
+                    images, queries, teacher_boxes, goals = matched_pairs(decoder["boxes"].detach(), target_sets, matches)
+                    fg = decoder["logits"][images, queries].float().softmax(-1)[:, OBJECT]
+                    pairs = fg * paired_iou(teacher_boxes, goals)
+                    balance = pairs.mean() if len(pairs) else pairs.new_zeros(())
+                teacher_sets = [teacher_boxes[images == i] for i in range(len(target_sets))]
+                kd = self._cell_set_losses(token, teacher_sets, grid)
+                losses |= {f"loss_tok_kd_{k}": v * balance for k, v in zip(("ce", "l1", "giou"), kd)}
+                stats["dwbd_weight"] = float(balance)
+        if self.config.token_ref > 0:
+            single = torch.tensor([i for i, t in enumerate(target_sets) if len(t) == 1], dtype=torch.long, device=device)
+            if len(single):
+                targets = torch.stack([target_sets[i][0] for i in single.tolist()]).to(device).float()
+                content = token.get("content_logits")
+                losses["loss_tok_ref"] = reference_loss(token["ref_logits"][single], grid, targets,
+                                                        None if content is None else content[single])  # fmt: skip
+            else:
+                losses["loss_tok_ref"] = token["ref_logits"].float().sum() * 0.0
+        scale = 1.0 if balance is None else 1.0 - balance
+        return losses | {"loss_tok_ce": ce * scale, "loss_tok_l1": l1 * scale, "loss_tok_giou": giou * scale}, stats
 
     def total(self, losses: dict[str, torch.Tensor], decoder_layers: int) -> torch.Tensor:
         weights = self.weight_dict | self.decoder_weight_dict(decoder_layers)

@@ -62,7 +62,8 @@ class SimVG(nn.Module):
     forward(images (B, 3, S, S) uint8, pixel_mask (B, S, S) bool, input_ids (B, L),
     text_mask (B, L) bool; use_decoder, all_cells optional) returns a dict:
       "token": {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)} (+ "cell_boxes"
-        (B, N, 4) in training or with all_cells=True; + "branches", "gate" with ONE heads),
+        (B, N, 4) in training or with all_cells=True; + "branches", "gate" with ONE heads);
+        with head.num_queries > 1 every cell answers: "logits" (B, N, 2), "boxes" (B, N, 4),
       "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
         branch runs,
       "object_token": (B, D) the fused token the token branch reads,
@@ -90,14 +91,16 @@ class SimVG(nn.Module):
         self.query_generator = TextGuidedQueryGenerator(
             dim, head.num_queries, head.tqg_layers, head.tqg_heads, head.tqg_ffn, head.dropout
         )
+        # Several queries: phrases may name several objects or none, so every cell answers.
+        cell_scores = head.num_queries > 1
         if head.token_branches > 1:
             self.token_head: nn.Module = MultiBranchTokenHead(
                 dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window,
-                head.landmark_relation, head.landmark_pointer, width,
+                head.landmark_relation, head.landmark_pointer, width, cell_scores,
             )  # fmt: skip
         else:
             self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation,
-                                          head.landmark_pointer, width)  # fmt: skip
+                                          head.landmark_pointer, width, cell_scores)  # fmt: skip
         self.visual_proj = nn.Linear(width, dim)
         # Finer stem features (one stage before the token grid) give the token branch's
         # per-cell boxes the detail that small objects need; only the hybrid has a stem.
@@ -187,7 +190,7 @@ class SimVG(nn.Module):
         """The (deployed) token branch folded with ``visual_proj`` and ``detail_proj`` for
         inference (:mod:`~simvg.models.heads.folded_token_branch`), kept between calls; None
         in training, with autograd on, when every cell's box is asked for, when the answer
-        reads more than the peak cell, for a ONE ensemble, when the folded modules have forward
+        reads more than the peak cell or every cell answers (cell scores), for a ONE ensemble, when the folded modules have forward
         hooks, or when the weights cannot be kept (see DerivedWeights: then the branch runs as
         it is)."""
         if all_cells or not inference_only(self):
@@ -197,7 +200,9 @@ class SimVG(nn.Module):
             if branch.deploy_branch is None:
                 return None
             branch, path = branch.one.branches[branch.deploy_branch], f"{path}.one.branches.{branch.deploy_branch}"
-        if branch.reference_window != 1 or hooked(self.token_head, self.visual_proj, self.detail_proj):
+        if branch.reference_window != 1 or branch.score_head is not None:  # several answers: every cell is read
+            return None
+        if hooked(self.token_head, self.visual_proj, self.detail_proj):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}

@@ -1,8 +1,9 @@
-"""A model with SimVG's head ("model.head.type: simvg") trains, evaluates and predicts through
-the same commands as ours."""
+"""A model with SimVG's head ("model.head.type: simvg"), and ours with several queries (every
+cell answers), train, evaluate and predict through the same commands."""
 
 import json
 
+import pytest
 from PIL import Image
 
 from simvg.cli import main
@@ -11,15 +12,17 @@ from tests.conftest import TINY_CONFIG
 
 SIMVG_HEAD = ["model.head.type=simvg", "model.head.tqg_heads=4", "model.head.decoder_heads=4",
               "model.head.num_queries=2"]  # fmt: skip
+CELLS_SEVERAL = ["model.head.num_queries=3"]
 
 
-def test_a_simvg_head_model_trains_evaluates_and_predicts(synthref_root, tmp_path, capsys):
+@pytest.mark.parametrize("head", [SIMVG_HEAD, CELLS_SEVERAL], ids=["simvg", "cells-several-queries"])
+def test_a_model_trains_evaluates_and_predicts(head, synthref_root, tmp_path, capsys):
     run = tmp_path / "run"
-    overrides = [arg for item in SIMVG_HEAD for arg in ("--set", item)]
+    overrides = [arg for item in head for arg in ("--set", item)]
     args = ["train", str(TINY_CONFIG), "--data-root", str(synthref_root), "--output", str(run), "--quiet"]
     assert main(args + overrides) == 0
     config = json.loads((run / "last" / "config.json").read_text())["config"]
-    assert config["model"]["head"]["type"] == "simvg"
+    assert config["model"]["head"]["num_queries"] > 1
     capsys.readouterr()
     eval_args = ["eval", str(run / "last"), "--data-root", str(synthref_root), "--dataset", "synthref", "--split", "val", "--json"]
     assert main(eval_args) == 0
