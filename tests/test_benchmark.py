@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from simvg.benchmark import take_turns
@@ -16,7 +17,8 @@ def test_calls_take_turns_one_call_at_a_time():
     assert all(t >= 0 for t in times["a"] + times["b"])
 
 
-def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
+@pytest.mark.parametrize("model", ["vilt-b32", "beit3-base"])
+def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path, model):
     # The GPU bench runs here on the CPU with a tiny transformer, so that a lent GPU's time is
     # never spent on a broken script.
     spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
@@ -25,8 +27,11 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
     out = tmp_path / "gpu.md"
     tiny = ["model.encoder.pretrained=null", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
             "model.encoder.num_heads=2", "model.encoder.intermediate_size=64", "model.image_size=64"]  # fmt: skip
-    bench.main(["--set", *tiny, "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
-                "--peak-tflops", "0.001", "--out", str(out)])  # fmt: skip
+    if model == "beit3-base":
+        tiny.append("model.encoder.preset=null")  # BEiT-3 (patch 32, 20 tokens) at tiny sizes
+    bench.main(["--model", model, "--set", *tiny, "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0",
+                "--device", "cpu", "--peak-tflops", "0.001", "--out", str(out)])  # fmt: skip
+    assert f"Model: {model} ({'beit3' if model == 'beit3-base' else 'vilt'} encoder" in out.read_text()
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 |") or
             line.startswith("| 2 |")]  # fmt: skip
     assert len(rows) == 2

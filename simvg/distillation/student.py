@@ -55,7 +55,7 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
     if config.loss.landmark_ref > 0 and not (model.head.landmark_relation and model.head.landmark_pointer != "token"):
         # The recipe supervises a words landmark pointer the student inherits; a teacher without
         # one gives the student nothing to supervise (and an object-token pointer lost accuracy
-        # when supervised: README "The default teacher").
+        # when supervised: docs/synthref-teacher.md).
         config.loss.landmark_ref = 0.0
     return config
 

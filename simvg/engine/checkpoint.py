@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
 from simvg.config import Config, ConfigError, from_dict, to_dict
+from simvg.models.pretrained import save_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,7 +31,8 @@ MODULE_STATE_FILE = "training_module.safetensors"  # a training run's whole modu
 # What a checkpoint writes: a save replaces these (drops those it does not write again) and
 # carries any other file of the old checkpoint over (a user's predictions, a .git).
 CHECKPOINT_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, MODULE_STATE_FILE,
-                    "tokenizer.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"}  # fmt: skip
+                    "tokenizer.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                    "sentencepiece.bpe.model"}  # fmt: skip
 FORMAT_VERSION = 1
 
 
@@ -165,7 +167,7 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         stored = model if weights_dtype is None else copy.deepcopy(model).to(weights_dtype)
         save_model(stored, str(tmp / WEIGHTS_FILE))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         if training_state is not None:
             tensors = {"rng.torch": torch.get_rng_state()}
             state = dict(training_state)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from simvg.engine.torch_files import TorchFileError, load_torch_file
+from simvg.models.encoders.beit3 import PRESETS, RELEASED_VOCAB_SIZE
 
 # SimVG's head keys (regular expressions, after "head.") -> ours (after "head."); "{0}" is the
 # key's first group. SimVG's layers are detrex's BaseTransformerLayer: attentions.0 = self-
@@ -143,9 +144,14 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
     if side * side != positions - 3:
         raise OfficialImportError(f"{source}: {positions} vision position embeddings do not make a square grid")
     layers = _count(state, r"vis_enc\.beit3\.encoder\.layers\.(\d+)\..*")
-    encoder = {"type": "beit3", "pretrained": None, "hidden_size": width, "num_layers": layers,
-               "num_heads": width // BEIT3_HEAD_DIM, "patch_size": patch,
-               "intermediate_size": _shape(state, "vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight", source)[0]}  # fmt: skip
+    sizes = {"hidden_size": width, "num_layers": layers, "num_heads": width // BEIT3_HEAD_DIM,
+             "intermediate_size": _shape(state, "vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight", source)[0]}  # fmt: skip
+    # SimVG's BEiT-3: no dropout, stochastic depth 0.1 (they matter only to fine-tuning).
+    encoder = {"type": "beit3", "pretrained": None, **sizes, "patch_size": patch, "dropout": 0.0, "drop_path": 0.1}
+    rows = _shape(state, "vis_enc.beit3.text_embed.weight", source)[0]
+    preset = next((name for name, preset in PRESETS.items() if preset == sizes), None)
+    if preset is not None and rows == RELEASED_VOCAB_SIZE:
+        encoder["preset"] = preset
     tqg = "head.text_guided_query_generation_transformer"
     head = {
         "type": "simvg",
@@ -191,6 +197,7 @@ def import_official(source: str | Path, output: str | Path, tokenizer: str | Pat
     state, info = official_weights(source, ema)
     config_dict = official_config(state, str(source))
     weights = map_official_state(state, str(source))
+    config_dict["model"]["encoder"]["tokenizer"] = str(Path(tokenizer).expanduser().resolve())
     config = from_dict(Config, config_dict)
     tok = load_tokenizer(str(tokenizer))
     vocab_size = int(state["vis_enc.beit3.text_embed.weight"].shape[0])

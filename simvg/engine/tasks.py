@@ -33,6 +33,9 @@ def quiet_transformers() -> None:
 
 def tokenizer_source(config: Config) -> str:
     encoder = config.model.encoder
+    if encoder.type == "beit3" and not encoder.tokenizer:
+        raise ValueError("model.encoder.tokenizer: the beit3 encoder reads phrases with BEiT-3's sentencepiece "
+                         "model; give the path of beit3.spm (docs/beit3.md)")  # fmt: skip
     return encoder.tokenizer or encoder.pretrained or MINILM_ALIAS
 
 
@@ -76,7 +79,7 @@ def build_auxiliary_losses(
         raise ValueError("loss.landmark_ref trains the token branch's landmark pointer; set "
                          "model.head.landmark_relation=true or loss.landmark_ref=0")  # fmt: skip
     visual_only = loss.word_alignment > 0 or loss.category > 0 or loss.scene_category > 0
-    if visual_only and not hasattr(model.encoder, "word_embedding_matrix"):
+    if visual_only and model.encoder.stem is None:
         raise ValueError(
             f"loss.word_alignment, loss.category and loss.scene_category need an encoder with its own visual "
             f"stem (hybrid), not '{config.model.encoder.type}'; set them to 0"

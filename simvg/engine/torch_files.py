@@ -1,69 +1,66 @@
-"""Reading torch files that others released (``.pth``/``.pt``/``.zip`` pickles) without
-running anything in them.
+"""Reading torch files that others released (``torch.save`` pickles, e.g. BEiT-3's weights).
 
-``torch.load(..., weights_only=True)`` unpickles with torch's restricted unpickler: it builds
-tensors, plain containers, numbers and strings, and refuses every other Python object a
-pickle names (a pickle can name any function, e.g. ``os.system``, and ask for it to be
-called). Numbers saved as numpy scalars are let through as well (numpy's scalar and dtype
-constructors only build numbers).
+They are read with torch's restricted unpickler (``weights_only=True``): tensors, plain
+containers, numbers and strings only. A file that asks for anything else (a class, a
+function: what a malicious pickle needs to run code) is refused, naming the global; nothing
+in it is ever executed. Numbers saved as numpy scalars (SimVG's checkpoints hold accuracies
+so) are let through as well: numpy's scalar and dtype constructors only build numbers.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from simvg.engine.checkpoint import CheckpointError
-
-
-class TorchFileError(CheckpointError):
-    """A torch file that cannot be read safely; the message names the file and the cause."""
-
 
 def _numpy_numbers() -> list:
+    """numpy's scalar constructor (under its numpy 2 and numpy 1 names) and its number dtypes."""
     from numpy._core.multiarray import scalar
 
     dtypes = [type(np.dtype(code)) for code in "?bhilqBHILQefdg"]
-    # Files written with numpy 1 name the scalar constructor by its old module.
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
-def refused_global(message: str) -> str | None:
-    """The name of the Python object torch's restricted unpickler refused, from its error."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    return found.group(1) if found else None
-
-
-def unpickler_reason(message: str) -> str:
-    """The specific part of torch's restricted-unpickler error (its advice around it dropped)."""
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", message, re.S)
-    return " ".join(found.group(1).split()) if found else message.splitlines()[0]
+class TorchFileError(ValueError):
+    """A torch file that cannot be read safely; the message names the file (and the refused global)."""
 
 
 def load_torch_file(path: str | Path) -> dict:
-    """The dict a torch file holds (tensors on the CPU), read without running any code.
+    """The dict a ``torch.save`` file holds (``.pth``, ``.pt``, or a ``.zip`` that is one), on the CPU.
 
-    Raises :class:`TorchFileError` naming ``path`` and, for a file that asks for a Python
-    object other than tensors, containers, numbers and strings, that object (it is not run).
+    Raises FileNotFoundError if ``path`` is not a file, TorchFileError if it is not a torch file,
+    holds something other than a dict at its top level, or asks for a global outside torch's
+    allow-list (the error names it).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"torch file not found: {path}")
     try:
         with torch.serialization.safe_globals(_numpy_numbers()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        name = refused_global(str(err))
-        if name is None:
-            raise TorchFileError(f"{path}: not a readable torch file ({unpickler_reason(str(err))})") from err
-        raise TorchFileError(f"{path}: refused: it asks for the Python object '{name}', which weights never need "
-                             f"(only tensors, containers, numbers and strings are read); nothing was run") from err  # fmt: skip
-    except Exception as err:  # a damaged or foreign file fails in many ways inside the unpickler
-        raise TorchFileError(f"{path}: not a readable torch file ({type(err).__name__}: {err})") from err
-    if not isinstance(data, dict):
-        raise TorchFileError(f"{path}: holds a {type(data).__name__}, not the dict a checkpoint file holds")
-    return data
+        text = str(err)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            raise TorchFileError(f"{path}: refused to load: it asks for the Python global '{found.group(1)}', which "
+                                 f"is not a tensor, container, number or string (only those are read; nothing in "
+                                 f"the file is executed)") from None  # fmt: skip
+        detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        raise TorchFileError(
+            f"{path}: refused to load: {detail.group(1) if detail else text.splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError, struct.error) as err:
+        raise TorchFileError(
+            f"{path}: not a readable torch file ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise TorchFileError(
+            f"{path}: expected a dict at the top level, found {type(obj).__name__}"
+        )
+    return obj

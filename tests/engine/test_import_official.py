@@ -41,7 +41,7 @@ def test_a_file_that_asks_to_run_code_is_refused_by_name_and_nothing_runs(tmp_pa
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "meta": Malicious(marker)}, path,
                _use_new_zipfile_serialization=zip_format)  # fmt: skip
-    with pytest.raises(TorchFileError, match=r"evil\.pth.*'(posix|nt)\.system'.*nothing was run"):
+    with pytest.raises(TorchFileError, match=r"evil\.pth: refused to load.*'(posix|nt)\.system'.*nothing in the file is executed"):
         load_torch_file(path)
     assert not marker.exists()
 
@@ -55,9 +55,9 @@ def test_tensors_containers_numbers_and_strings_are_read(tmp_path):
     assert torch.equal(loaded["state_dict"]["a"], torch.arange(3.0)) and float(loaded["d_acc"]) == 90.5
     assert loaded["meta"]["steps"] == [1, 2]
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
-    with pytest.raises(TorchFileError, match=r"junk\.pth: not a readable torch file"):
+    with pytest.raises(TorchFileError, match=r"junk\.pth: (refused to load|not a readable torch file)"):
         load_torch_file(tmp_path / "junk.pth")
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
         load_torch_file(tmp_path / "nope.pth")
 
 
@@ -104,7 +104,7 @@ def test_the_config_comes_from_the_weights_shapes():
     config = official_config(official_state(queries=10))
     encoder, head = config["model"]["encoder"], config["model"]["head"]
     assert encoder == {"type": "beit3", "pretrained": None, "hidden_size": 64, "num_layers": 2, "num_heads": 1,
-                       "patch_size": 32, "intermediate_size": 96}  # fmt: skip
+                       "patch_size": 32, "intermediate_size": 96, "dropout": 0.0, "drop_path": 0.1}  # fmt: skip
     assert config["model"]["image_size"] == 64 and config["model"]["max_text_length"] == 20
     assert head["type"] == "simvg" and head["hidden_dim"] == 32 and head["num_queries"] == 10
     assert (head["tqg_layers"], head["tqg_ffn"], head["decoder_layers"], head["decoder_ffn"]) == (2, 16, 3, 48)
@@ -178,4 +178,4 @@ def test_the_command_names_a_bad_file(tmp_path, capsys):
 
     (tmp_path / "x.pth").write_bytes(b"junk")
     assert main(["import-official", str(tmp_path / "x.pth"), str(tmp_path / "out"), "--tokenizer", "t.spm"]) == 2
-    assert "x.pth: not a readable torch file" in capsys.readouterr().err
+    assert "x.pth: not a readable torch file" in capsys.readouterr().err  # a file too short to hold a pickle

@@ -102,7 +102,8 @@ def test_unknown_override_key_is_named(synthref_root, tmp_path, capsys):
 
 def test_torchrun_two_cpu_processes(synthref_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    # --standalone: a rendezvous on a free local port (a fixed port collides with other runs).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "simvg", "train", str(TINY_CONFIG), "--data-root", str(synthref_root),
            "--output", str(tmp_path / "ddp"), "--quiet", "--set", "train.max_steps=4"]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

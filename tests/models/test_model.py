@@ -7,6 +7,7 @@ from transformers import ViltConfig, ViltModel
 from simvg.config import EncoderConfig, HeadConfig, LossConfig, ModelConfig
 from simvg.models import GroundingCriterion, build_model
 from simvg.models.criterion import match_queries
+from simvg.models.encoders import ENCODERS
 from simvg.models.encoders.hybrid import FactorizedEmbedding
 from simvg.models.pretrained import load_tokenizer, minilm_directory
 
@@ -30,8 +31,8 @@ def inputs(batch: int = 2, size: int = 64, length: int = 5):
     return images, pixel_mask, input_ids, text_mask
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "vilt"])
-def test_both_encoders_give_boxes_from_both_branches(kind):
+@pytest.mark.parametrize("kind", list(ENCODERS))
+def test_every_encoder_gives_boxes_from_both_branches(kind):
     model = build_model(tiny_config(kind), vocab_size=30522).eval()
     out = model(*inputs())
     assert out["token"]["logits"].shape == (2, 2) and out["token"]["boxes"].shape == (2, 4)

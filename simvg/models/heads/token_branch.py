@@ -1,4 +1,5 @@
-"""The token branch: one box and a 2-way score from the (query-enriched) object token.
+"""The "cells" head's token branch (ours, not SimVG's: simvg_token_branch.py is SimVG's): one
+box and a 2-way score from the (query-enriched) object token.
 
 SimVG regresses the box from the object token with an MLP. Here the object token acts as
 one attention query over the encoder's visual tokens, and the box comes from the token it
