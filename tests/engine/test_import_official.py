@@ -13,7 +13,7 @@ from simvg.engine.import_official import (
     official_weights,
 )
 from simvg.engine.torch_files import TorchFileError, load_torch_file
-from simvg.models.encoders import ENCODERS
+from tests.models.test_beit3 import train_sentencepiece
 from tests.official_simvg import official_beit3_layout, official_head_layout, random_state
 
 # A tiny BEiT-3 SimVG: width 64 (one 64-wide head), 2 layers, patch 32 at 64 px (2 x 2 patches).
@@ -131,20 +131,6 @@ def test_ema_weights_and_ddp_prefixes(tmp_path):
         official_weights(tmp_path / "no_ema.pth", ema=True)
 
 
-def tiny_spm(path) -> str:
-    import sentencepiece as spm
-
-    text = path.parent / "corpus.txt"
-    text.write_text("\n".join(["the red circle left of the blue square", "a small green triangle",
-                               "all the big shapes", "the purple star"] * 20))  # fmt: skip
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(path.with_suffix("")), vocab_size=40,
-                                   minloglevel=2)  # fmt: skip
-    return str(path)
-
-
-# The end-to-end import needs the BEiT-3 encoder; it runs once "beit3" is registered (merge:
-# remove this mark, so that a broken import fails rather than skips).
-@pytest.mark.skipif("beit3" not in ENCODERS, reason="the beit3 encoder is on another branch until merged")
 def test_an_official_file_becomes_a_checkpoint_that_grounds(tmp_path, capsys):
     from PIL import Image
 
@@ -156,7 +142,7 @@ def test_an_official_file_becomes_a_checkpoint_that_grounds(tmp_path, capsys):
     state = official_state(queries=2)
     source = tmp_path / "det_best.pth"
     torch.save({"state_dict": state, "epoch": 29, "d_acc": np.float64(88.0)}, source)
-    spm_path = tiny_spm(tmp_path / "beit3.spm")
+    spm_path = str(train_sentencepiece(tmp_path / "beit3.spm", vocab_size=60))
     assert main(["import-official", str(source), str(tmp_path / "imported"), "--tokenizer", spm_path]) == 0
     model, tokenizer, config, meta = load_checkpoint(tmp_path / "imported")
     assert config.model.head.type == "simvg" and meta["imported_from"]["epoch"] == 29
@@ -179,3 +165,43 @@ def test_the_command_names_a_bad_file(tmp_path, capsys):
     (tmp_path / "x.pth").write_bytes(b"junk")
     assert main(["import-official", str(tmp_path / "x.pth"), str(tmp_path / "out"), "--tokenizer", "t.spm"]) == 2
     assert "x.pth: not a readable torch file" in capsys.readouterr().err  # a file too short to hold a pickle
+
+
+def test_the_imported_model_gives_the_official_models_outputs(tmp_path):
+    """The whole imported model against SimVG's: torchscale's BEiT3 with the file's encoder
+    weights (SimVG's vis_enc, on ImageNet-normalised pixels and phrases padded to 20 tokens)
+    followed by the official head's forward pass over the file's head weights."""
+    pytest.importorskip("torchscale", reason="torchscale 0.3.0 is the reference BEiT-3 (make install-test installs it)")
+    from torchscale.architecture.config import EncoderConfig
+    from torchscale.model.BEiT3 import BEiT3
+
+    from simvg.engine.checkpoint import load_checkpoint
+    from simvg.engine.import_official import import_official
+    from tests.official_simvg import official_head_forward
+
+    state = official_state(queries=3, seed=1)
+    torch.save({"state_dict": state}, tmp_path / "latest.pth")
+    spm_path = train_sentencepiece(tmp_path / "beit3.spm", vocab_size=60)
+    import_official(tmp_path / "latest.pth", tmp_path / "imported", spm_path)
+    model, tokenizer, _, _ = load_checkpoint(tmp_path / "imported")
+    args = EncoderConfig(img_size=TINY["image"], patch_size=TINY["patch"], vocab_size=TINY["vocab"], multiway=True,
+                         layernorm_embedding=False, normalize_output=True, no_output_layer=True, drop_path_rate=0.0,
+                         encoder_embed_dim=TINY["width"], encoder_attention_heads=1, encoder_ffn_embed_dim=TINY["ffn"],
+                         encoder_layers=TINY["layers"])  # fmt: skip
+    official_encoder = BEiT3(args).eval()
+    official_encoder.load_state_dict({k[len("vis_enc.beit3."):]: v for k, v in state.items() if k.startswith("vis_enc.")})
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    encoded = tokenizer(["the red circle left of the blue square", "zebra"], padding="max_length", max_length=20, truncation=True)
+    ids = torch.tensor(encoded["input_ids"])
+    pad = torch.tensor(encoded["attention_mask"]) == 0
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        sequence = official_encoder(textual_tokens=ids, visual_tokens=(images / 255 - mean) / std,
+                                    text_padding_position=pad)["encoder_out"]  # fmt: skip
+        reference = official_head_forward(state, sequence[:, 1:-20].transpose(1, 2).reshape(2, -1, 2, 2), sequence[:, 0],
+                                          sequence[:, -20:], pad)  # fmt: skip
+        ours = model(images, torch.ones(2, 64, 64, dtype=torch.bool), ids, ~pad)
+    torch.testing.assert_close(ours["token"]["logits"], reference["token"][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours["token"]["boxes"], reference["token"][1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours["decoder"]["logits"], reference["decoder"][-1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours["decoder"]["boxes"], reference["decoder"][-1][1], atol=1e-4, rtol=1e-4)
