@@ -205,3 +205,22 @@ def test_the_imported_model_gives_the_official_models_outputs(tmp_path):
     torch.testing.assert_close(ours["token"]["boxes"], reference["token"][1], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours["decoder"]["logits"], reference["decoder"][-1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours["decoder"]["boxes"], reference["decoder"][-1][1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_cpu_student_is_distilled_from_an_imported_model(synthref_root, tmp_path):
+    """simvg distill takes the imported SimVG as a teacher: the student keeps some of its BEiT-3
+    layers and gets the "cells" head the distillation losses train."""
+    from simvg.cli import main
+    from simvg.engine.checkpoint import load_checkpoint
+    from tests.conftest import ROOT
+
+    torch.save({"state_dict": official_state()}, tmp_path / "det_best.pth")
+    spm_path = str(train_sentencepiece(tmp_path / "beit3.spm", vocab_size=60))
+    assert main(["import-official", str(tmp_path / "det_best.pth"), str(tmp_path / "teacher"), "--tokenizer", spm_path]) == 0
+    args = ["distill", str(ROOT / "configs" / "distill_synthref_tiny.yaml"), "--teacher", str(tmp_path / "teacher"),
+            "--data-root", str(synthref_root), "--output", str(tmp_path / "student"), "--max-steps", "2", "--quiet",
+            "--set", "train.eval_every=2", "--set", "train.save_every=2"]  # fmt: skip
+    assert main(args) == 0
+    student, _, config, _ = load_checkpoint(tmp_path / "student" / "last")
+    assert config.model.encoder.type == "beit3" and len(student.encoder.beit3.encoder.layers) == 1
+    assert config.model.head.type == "cells" and config.model.head.token_branches == 2
