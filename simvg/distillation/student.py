@@ -48,9 +48,11 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
             )
         model.head.tqg_layers = d.query_layers
     model.head.use_decoder = d.use_decoder
-    # The distillation losses train our cell-based token branch; a student of a "simvg" head
-    # teacher (an imported SimVG) gets that head, fresh, and learns from the teacher's boxes.
+    # The distillation losses train our cell-based token branch, with one answer per phrase; a
+    # student of a "simvg" head teacher (an imported SimVG) gets that head, fresh, and learns
+    # from the teacher's boxes (docs/generalized-grounding.md: students with several answers).
     model.head.type = "cells"
+    model.head.num_queries = 1
     model.head.token_branches = d.token_branches
     model.head.deploy_branch = d.deploy_branch if d.token_branches > 1 else None
     config.model = model

@@ -67,7 +67,7 @@ class SimVGHead(nn.Module):
         }
         if run_decoder:
             visual = self.visual_proj(encoded.visual_tokens)
-            valid = encoded.visual_mask.view(-1, *encoded.grid)
+            valid = encoded.visual_mask.reshape(-1, *encoded.grid)
             pos = detr_sine_position_encoding(valid, visual.shape[-1]).to(visual.dtype)
             out["decoder"] = self.decoder_branch(visual, ~encoded.visual_mask, pos, queries, all_layers=self.training)
         return out
