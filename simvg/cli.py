@@ -30,12 +30,14 @@ def non_negative_int(text: str) -> int:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate the SynthRef benchmark in the SimVG layout")
     p.add_argument("--out", required=True, help="data root to write (annotations/ and images/)")
-    p.add_argument("--name", default="synthref", help="dataset name (default: synthref)")
+    p.add_argument("--name", help="dataset name (default: synthref, or synthref-g with --generalized)")
     for split, default in zip(SPLITS, (8000, 1000, 500, 500)):
         p.add_argument(f"--{split}", type=int, default=default, help=f"images in {split} (default {default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--workers", type=int, default=1, help="processes used to render (default 1)")
+    p.add_argument("--generalized", action="store_true",
+                   help="SynthRef-G: also phrases that denote several objects or none (docs/synthref-g.md)")  # fmt: skip
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -15,10 +15,11 @@ def run_synth(args: argparse.Namespace) -> int:
     from simvg.data.synthref import generate_synthref
 
     counts = {split: getattr(args, split) for split in SPLITS}
-    path = generate_synthref(args.out, args.name, counts, seed=args.seed, image_size=args.image_size,
-                             workers=args.workers, progress=sys.stderr.isatty())  # fmt: skip
+    name = args.name or ("synthref-g" if args.generalized else "synthref")
+    path = generate_synthref(args.out, name, counts, seed=args.seed, image_size=args.image_size,
+                             workers=args.workers, progress=sys.stderr.isatty(), generalized=args.generalized)  # fmt: skip
     total = sum(counts.values())
-    print(f"wrote {total} images of '{args.name}' ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}")
+    print(f"wrote {total} images of '{name}' ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}")
     return 0
 
 

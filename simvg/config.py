@@ -314,11 +314,24 @@ class DistillConfig:
     token_branches: int = 3
     deploy_branch: int | None = 0  # the ONE branch used at inference (None: gated ensemble)
     init_from_teacher: bool = True
+    # What trains the student. "full": ground truth and every loss weighted below. "teacher":
+    # TAKFL's per-teacher objective as published, for unlabelled data: the teacher's cell
+    # distribution (cell_kd's KL, plus self_regularization) and box KD only, no ground truth.
+    # None: "teacher" for TAKFL's per-teacher runs, "full" otherwise.
+    objective: str | None = None
     # Loss weights (0 disables a loss).
     gt: float = 1.0
+    # ONE: the gated ensemble's distribution over cells (the token branch's reference
+    # attention) teaches each branch, T^2 KL at one_temperature; ramped up like ONE's.
     one: float = 1.0
-    one_temperature: float = 3.0
-    one_rampup_fraction: float = 0.3
+    # ONE for boxes, which have no softmax: each branch's cell boxes pulled to the ensemble's.
+    one_box: float = 1.0
+    one_temperature: float = 3.0  # ONE's T
+    one_rampup_fraction: float = 0.27  # share of the steps the ramp-up takes (ONE: 80 of 300 epochs)
+    # KD on cells: the teacher's distribution over cells teaches the student's (every ONE
+    # branch and the ensemble), T^2 KL at kd_temperature. Teacher and student need one grid.
+    cell_kd: float = 1.0
+    kd_temperature: float = 3.0  # TAKFL's and ONE's T
     box_kd: float = 1.0
     box_kd_confidence: bool = True  # DWBD-style weights: teacher fg prob x IoU(teacher, GT)
     attention_transfer: float = 0.0
@@ -327,8 +340,15 @@ class DistillConfig:
     teacher_branch: str = "decoder"  # which teacher branch gives the box targets
     # Several teachers (TAKFL): distil from each separately, then merge task vectors.
     merge: str = "takfl"  # "takfl" | "average" (averaged-teacher baseline)
-    merge_lambdas: str = "candidates"  # "uniform" | "candidates" | "tuned"
-    self_regularization: float = 0.1
+    # How TAKFL picks λ on the validation split: "uniform" 1/K; "candidates" the reference
+    # code's heuristic (uniform + merge_candidates random simplex points per exponent, best
+    # accuracy); "tuned" softmax(w) trained on the validation split's grounding loss.
+    merge_lambdas: str = "candidates"
+    merge_candidates: int = 15  # the reference code's published runs draw 15
+    # TAKFL's self-regularisation: KL to the student's own start predictions (its frozen start
+    # weights), weight and temperature of the paper's published runs.
+    self_regularization: float = 0.01
+    self_temperature: float = 20.0
 
     def __post_init__(self) -> None:
         if self.stem_hint_steps < 0:
@@ -336,6 +356,13 @@ class DistillConfig:
         _check_choice("distill.merge", self.merge, ("takfl", "average"))
         _check_choice("distill.merge_lambdas", self.merge_lambdas, ("uniform", "candidates", "tuned"))
         _check_choice("distill.teacher_branch", self.teacher_branch, ("token", "decoder"))
+        if self.objective is not None:
+            _check_choice("distill.objective", self.objective, ("full", "teacher"))
+        for key in ("one_temperature", "kd_temperature", "self_temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"distill.{key} must be > 0, got {getattr(self, key)}")
+        if self.merge_candidates < 0:
+            raise ConfigError(f"distill.merge_candidates must be >= 0, got {self.merge_candidates}")
 
 
 @dataclass
