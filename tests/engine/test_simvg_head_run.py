@@ -34,3 +34,26 @@ def test_a_model_trains_evaluates_and_predicts(head, synthref_root, tmp_path, ca
         result = grounder.predict(image, "the red circle", branch=branch)
         x0, y0, x1, y1 = result.box
         assert 0 <= x0 <= x1 <= 80 and 0 <= y0 <= y1 <= 60
+
+
+@pytest.fixture(scope="module")
+def synthref_g_root(tmp_path_factory):
+    from simvg.data.synthref import generate_synthref
+
+    root = tmp_path_factory.mktemp("synthref_g")
+    generate_synthref(root, "synthref-g", {"train": 24, "val": 4, "testA": 0, "testB": 0}, seed=0, image_size=96,
+                      generalized=True)  # fmt: skip
+    return root
+
+
+@pytest.mark.parametrize("head", [[], CELLS_SEVERAL, SIMVG_HEAD], ids=["cells", "cells-several-queries", "simvg"])
+def test_every_head_trains_on_phrases_with_no_several_or_one_target(head, synthref_g_root, tmp_path):
+    from simvg.data.readers import load_records
+
+    counts = {len(r.boxes_xyxy) for r in load_records(synthref_g_root, "synthref-g", "train")}
+    assert 0 in counts and 1 in counts and max(counts) >= 2
+    run = tmp_path / "run"
+    overrides = head + ["data.dataset=synthref-g", "data.val_split=''"]
+    args = ["train", str(TINY_CONFIG), "--data-root", str(synthref_g_root), "--output", str(run), "--quiet"]
+    assert main(args + [arg for item in overrides for arg in ("--set", item)]) == 0
+    assert (run / "last" / "model.safetensors").is_file()
