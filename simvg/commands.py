@@ -75,9 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = build_training_task(config, args.data_root)
         pretrained = None
-        if config.train.stem_pretrain_steps > 0 and not args.resume:
+        if config.train.stem_pretrain_steps > 0 and not args.resume and not config.train.load_from:
             # A resumed run loads its stem from its checkpoint (``last``, or ``last.old`` when
-            # the run stopped while writing ``last``), so the pre-phase never runs twice.
+            # the run stopped while writing ``last``), so the pre-phase never runs twice; a run
+            # from train.load_from starts from that checkpoint's stem.
             pretrained = pretrain_stem(task.export_model, task.train_dataset, config, context.device,
                                        task.tokenizer.pad_token_id, log=context.is_main)  # fmt: skip
         summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
@@ -117,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
     results = predict_split(grounder.model, loader, branches, grounder.device, amp, progress=sys.stderr.isatty())
-    metrics = summarize(results)
+    metrics = summarize(results, args.batch_size)
     if args.save_predictions:
         path = Path(args.save_predictions)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,13 @@ def run_eval(args: argparse.Namespace) -> int:
         for branch, m in metrics.items():
             print(f"{args.dataset} {args.split} [{branch}] Acc@0.5 {m['acc@0.5']:.2f}  Acc@0.75 {m['acc@0.75']:.2f}  "
                   f"mIoU {m['miou']:.2f}  ({m['count']} expressions)")  # fmt: skip
+            if "official_acc@0.5" in m:
+                print(f"    SimVG's protocol (IoU in the resized frame, mean of per-batch accuracies, batch "
+                      f"{args.batch_size}): Acc@0.5 {m['official_acc@0.5']:.2f}")  # fmt: skip
+            if "f1_acc" in m:
+                n_acc = "n/a" if m["n_acc"] is None else f"{m['n_acc']:.2f}"
+                print(f"    GREC: F1-acc {m['f1_acc']:.2f}  N-acc {n_acc} ({m['no_target_count']} no-target)  "
+                      f"single-target Acc@0.5 {m['acc@0.5']:.2f} ({m['count']})  of {m['grec_count']} expressions")  # fmt: skip
             for kind, t in m.get("per_type", {}).items():
                 print(f"    {kind:<12} Acc@0.5 {t['acc@0.5']:.2f}  ({t['count']})")
     return 0

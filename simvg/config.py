@@ -29,6 +29,9 @@ def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(str(c) for c in choices)}")
 
 
+RESIZE_MODES = ("letterbox", "stretch")
+
+
 @dataclass
 class EncoderConfig:
     """The single-stream multimodal encoder.
@@ -174,10 +177,21 @@ class HeadConfig:
 
 @dataclass
 class ModelConfig:
+    """image_size: side S of the square model input, in pixels.
+    resize: how an image becomes the S x S input, in training and at inference alike:
+        "letterbox" keeps the aspect ratio and pads (bottom/right); "stretch" scales width
+        and height separately to S (SimVG's, no padding). Boxes reported to users are xyxy in
+        original pixels either way.
+    """
+
     image_size: int = 160
     max_text_length: int = 20
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    resize: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        _check_choice("model.resize", self.resize, RESIZE_MODES)
 
 
 @dataclass
@@ -190,12 +204,22 @@ class AugmentConfig:
         ("the leftmost circle") true.
     flip: probability of a horizontal flip (left/right words are swapped).
     color: probability of colour jitter.
+    mode: "zoom" (the above: a random zoom of the resized image placed inside the S x S
+        input) or "lsj" (SimVG's LargeScaleJitter: the image is rescaled by a factor drawn
+        from ``scale``; above 1 a crop of the unjittered size is taken, chosen to keep most of
+        the target box; then resized to S x S as ``model.resize`` says; ``crop`` is unused).
     """
 
     scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     crop: bool = False
     flip: float = 0.5
     color: float = 0.5
+    mode: str = "zoom"
+
+    def __post_init__(self) -> None:
+        _check_choice("data.augment.mode", self.mode, ("zoom", "lsj"))
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high, got {self.scale}")
 
 
 @dataclass
@@ -285,9 +309,27 @@ class TrainConfig:
     stem_pretrain_lr: float = 3e-4
     tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)
     eval_batch_size: int = 64
+    # "adamw" (decoupled weight decay) or "adam" (weight decay added to the gradient, as
+    # SimVG's torch.optim.Adam); with weight_decay 0 the two are the same update.
+    optimizer: str = "adamw"
+    amsgrad: bool = False  # SimVG's recipes: true
+    # Exponential moving average of the model's weights, updated every step with this decay
+    # (SimVG: 0.999); when on, validation, best/ and the saved model.safetensors use the
+    # averaged weights. None or 0 = off.
+    ema: float | None = None
+    # A checkpoint directory whose model weights the run starts from (not its optimizer or
+    # step): SimVG's second stage starts from the first stage's checkpoint.
+    load_from: str | None = None
+    # Which validation figure picks best/: "first" (the first evaluated branch: the token
+    # branch), "token", "decoder", or "mean" of both branches (SimVG's choice).
+    best_metric: str = "first"
 
     def __post_init__(self) -> None:
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "none"))
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "adam"))
+        _check_choice("train.best_metric", self.best_metric, ("first", "token", "decoder", "mean"))
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema is the averaging decay, in [0, 1) (e.g. 0.999; 0 or null = off), got {self.ema}")
         _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         if self.batch_size < 1 or self.max_steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.max_steps >= 0")

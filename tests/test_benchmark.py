@@ -45,3 +45,27 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path, model):
     assert bench.peak_for_name("NVIDIA L4") == 121.0 and bench.peak_for_name("NVIDIA L40S") == 362.1
     assert bench.peak_for_name("NVIDIA GeForce GTX 1080") is None
     assert bench.peak_for_name("NVIDIA L40") == 181.0 and bench.peak_for_name("NVIDIA A10G") is None
+
+
+def test_score_ranking_bench_counts_right_wrong_and_no_target_answers():
+    spec = importlib.util.spec_from_file_location("score_ranking", ROOT / "bench" / "score_ranking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    box, far = [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]
+
+    def row(scores, boxes, gt):
+        return {"pred_scores": scores, "pred_boxes": boxes, "gt_boxes": gt}
+
+    rows = [
+        row([0.9], [box], [box]),  # right, 0.9
+        row([0.8, 0.95], [far, box], [box]),  # right: the answer is the top-scoring box
+        row([0.7], [far], [box]),  # wrong box, 0.7
+        row([0.3], [box], []),  # no target, 0.3
+        row([0.92], [box], []),  # no target, 0.92
+    ]
+    report = bench.ranking_report(rows, num_bins=5)
+    assert (report["count"], report["right"], report["wrong_box"], report["no_target"]) == (5, 2, 1, 2)
+    # Right scores 0.9, 0.95 against 0.7, 0.3, 0.92: 5 of 6 pairs ordered.
+    assert report["auroc"] == 5 / 6
+    assert report["auroc_vs_wrong_box"] == 1.0 and report["auroc_vs_no_target"] == 3 / 4
+    assert sum(b["count"] for b in report["bins"]) == 5

@@ -17,9 +17,10 @@ from simvg.data.records import GroundingRecord
 from simvg.data.transforms import (
     Letterbox,
     build_train_augmentation,
-    letterbox_resize,
+    large_scale_jitter,
     original_to_letterbox,
     pad_to_square,
+    resize_for_model,
     swap_left_right,
 )
 
@@ -52,12 +53,19 @@ class Sample:
 
 
 class Preprocessor:
-    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference."""
+    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference.
 
-    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None):
+    resize: "letterbox" or "stretch" (``model.resize``): how the image becomes the S x S input.
+    augment: training augmentation (None at evaluation and inference).
+    """
+
+    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None,
+                 resize: str = "letterbox"):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.max_text_length = max_text_length
+        self.resize = resize
+        self.augment = augment
         self.augmentation = build_train_augmentation(image_size, augment) if augment is not None else None
 
     def tokenize(self, phrase: str, warn: bool = False) -> list[int]:
@@ -101,10 +109,16 @@ class Preprocessor:
             boxes_xyxy = [box_xyxy]
         size = self.image_size
         meta = dict(meta or {})
-        resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
+        resized, letterbox = resize_for_model(image.pixels, image.width, image.height, size, self.resize)
         targets = [original_to_letterbox(tuple(b), letterbox) for b in boxes_xyxy] if boxes_xyxy is not None else None
         landmark = original_to_letterbox(tuple(landmark_xyxy), letterbox) if landmark_xyxy is not None else None
         scene = [(original_to_letterbox(tuple(box), letterbox), category) for box, category in scene_objects or []]
+        if self.augmentation is not None and self.augment.mode == "lsj" and boxes_xyxy is not None:
+            # An independent stream from the one the albumentations steps draw from `seed`.
+            rng = np.random.default_rng([seed if seed is not None else 0, 1])
+            jittered = self._jitter(image, boxes_xyxy, landmark_xyxy, scene_objects, rng)
+            if jittered is not None:
+                resized, targets, landmark, scene = jittered
         augmented = None
         if self.augmentation is not None and targets is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
@@ -152,6 +166,41 @@ class Preprocessor:
             meta=meta,
             target_set=target_set,
         )
+
+    def _jitter(
+        self,
+        image: LoadedImage,
+        boxes_xyxy: Sequence[Sequence[float]],
+        landmark_xyxy: Sequence[float] | None,
+        scene_objects: Sequence[tuple[Sequence[float], Any]] | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, list[list[float]], list[float] | None, list] | None:
+        """:func:`large_scale_jitter` then the model's resize: the resized image and the
+        targets, landmark and scene boxes in it (a landmark cropped away is None, scene objects
+        whose centre is cropped away are dropped); None if a target did not survive (then the
+        sample goes unjittered). The crop is chosen to keep the box around all the targets
+        (SimVG's LargeScaleJitter has one target), or any part of a phrase without one."""
+        size = self.image_size
+        if boxes_xyxy:
+            anchor = [min(b[0] for b in boxes_xyxy), min(b[1] for b in boxes_xyxy),
+                      max(b[2] for b in boxes_xyxy), max(b[3] for b in boxes_xyxy)]  # fmt: skip
+        else:
+            anchor = [0.0, 0.0, float(image.width), float(image.height)]
+        jittered, jitter = large_scale_jitter(image.pixels, image.width, image.height, size, anchor,
+                                              self.augment.scale, rng)  # fmt: skip
+        resized, second = resize_for_model(jittered, jitter.width, jitter.height, size, self.resize)
+
+        def place(box: Sequence[float] | None) -> list[float] | None:
+            inside = jitter.box(box) if box is not None else None
+            return original_to_letterbox(tuple(inside), second) if inside is not None else None
+
+        targets = [place(box) for box in boxes_xyxy]
+        if any(target is None for target in targets):
+            return None
+        # As with the zoom, an object stays in the scene while its centre is in view.
+        scene = [(placed, category) for box, category in scene_objects or []
+                 if jitter.holds_centre(box) and (placed := place(box)) is not None]  # fmt: skip
+        return resized, targets, place(landmark_xyxy), scene
 
 
 def follow_box(

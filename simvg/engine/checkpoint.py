@@ -270,3 +270,40 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer 
             per_param.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     return state
+
+
+def _listed(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_model_weights(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Copy the weights of the checkpoint at ``directory`` (its ``model.safetensors``) into
+    ``model``, strictly: every weight of the model must be there with the same shape, and
+    nothing else (parameters retired from older checkpoints aside). Returns the checkpoint
+    directory read. Raises CheckpointError listing the missing, unexpected and mismatched
+    weights (with both shapes)."""
+    directory = resolve_checkpoint(directory)
+    path = directory / WEIGHTS_FILE
+    try:
+        weights = load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    weights = {key: value for key, value in weights.items() if not _retired(key)}
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs the model's {tuple(own[k].shape)}"
+                  for k in own if k in weights and weights[k].shape != own[k].shape]  # fmt: skip
+    if missing:
+        problems.append(f"{len(missing)} weights of the model are missing: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights are not in the model: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} weights have another shape: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit this model ({'; '.join(problems)}); it was trained with another "
+                              f"model config (compare {directory / CONFIG_FILE} with the run's)")  # fmt: skip
+    model.load_state_dict(weights, strict=True)
+    return directory

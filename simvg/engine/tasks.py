@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvg.config import Config
+from simvg.config import Config, LossConfig
 from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
 from simvg.data.records import PER_EXPRESSION_EXTRAS, GroundingRecord
@@ -153,16 +153,24 @@ def build_datasets(
         records = load_records(data_root, data.dataset, data.train_split, data.image_root)
         if data.train_expression_types is not None:
             records = filter_expression_types(records, data.train_expression_types)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment, model.resize)
         train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
                                      landmarks=config.loss.landmark_offset > 0 or config.loss.landmark_ref > 0,
                                      scene_objects=config.loss.scene_category > 0 or config.train.stem_pretrain_steps > 0)  # fmt: skip
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, resize=model.resize)
         val_set = GroundingDataset(records, preprocessor, train=False, max_items=data.val_max_expressions)
     return train_set, val_set
+
+
+def token_branch_trained(loss: LossConfig) -> bool:
+    """Whether any loss reaches the token branch. SimVG's two-stage recipe first trains the
+    decoder branch alone: ``loss.lambda_token`` and ``loss.lambda_kd`` 0 (and the cell head's
+    ``loss.token_ref`` 0); the token branch keeps its initial weights (it stays in the model,
+    so the second stage's ``train.load_from`` finds every weight)."""
+    return loss.lambda_token > 0 or (loss.dwbd and loss.lambda_kd > 0) or loss.token_ref > 0
 
 
 def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
@@ -173,6 +181,13 @@ def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, len(tokenizer))
     branches = ("token", "decoder") if config.model.head.use_decoder else ("token",)
+    token_trained = token_branch_trained(config.loss)
+    if not token_trained and config.train.best_metric in ("first", "token"):
+        raise ValueError(f"no loss trains the token branch (loss.lambda_token, loss.lambda_kd and loss.token_ref are "
+                         f"0), so its accuracy cannot pick the best checkpoint; set train.best_metric to decoder "
+                         f"(or mean), not {config.train.best_metric}")  # fmt: skip
+    if not token_trained and not config.model.head.use_decoder:
+        raise ValueError("no loss trains the token branch and the model has no decoder branch: nothing would learn")
     return TrainingTask(
         config=config,
         module=GroundingLoss(model, build_criterion(config.model, config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
@@ -182,4 +197,5 @@ def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
         train_dataset=train_set,
         val_dataset=val_set,
         eval_branches=branches,
+        find_unused_parameters=not token_trained,
     )

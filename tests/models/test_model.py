@@ -422,3 +422,31 @@ def test_vilt_sdpa_attention_matches_eager_with_the_same_weights():
     out = sdpa(*inputs())
     (out["token"]["logits"].sum() + out["decoder"]["boxes"].sum()).backward()
     assert sdpa.encoder.encoder.layer[0].attention.attention.query.weight.grad.abs().sum() > 0
+
+
+def test_pixel_normalization_is_per_channel_mean_and_std():
+    from simvg.models.encoders.base import PIXEL_NORMALIZATIONS, normalize_images
+
+    mean, std = PIXEL_NORMALIZATIONS["imagenet"]
+    at_mean = torch.tensor([round(m * 255) for m in mean], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    one_std = torch.tensor([round((m + s) * 255) for m, s in zip(mean, std)], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert normalize_images(at_mean, "imagenet").abs().max() < 0.01
+    assert normalize_images(one_std, "imagenet").flatten() == pytest.approx([1.0, 1.0, 1.0], abs=0.01)
+    extremes = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    assert normalize_images(extremes).flatten().tolist() == [-1.0, 1.0] * 3  # "half", the default
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "vilt"])
+def test_the_encoder_normalises_as_its_config_says(kind):
+    half = build_model(tiny_config(kind), vocab_size=30522).eval()
+    imagenet = build_model(tiny_config(kind, pixel_normalization="imagenet"), vocab_size=30522).eval()
+    imagenet.load_state_dict(half.state_dict())
+    assert (half.encoder.pixel_normalization, imagenet.encoder.pixel_normalization) == ("half", "imagenet")
+    with torch.no_grad():
+        a, b = half.encoder(*inputs()).visual_tokens, imagenet.encoder(*inputs()).visual_tokens
+    assert (a - b).abs().max() > 1e-2
+    from simvg.config import Config, from_dict, to_dict
+
+    saved = to_dict(Config())
+    del saved["model"]["resize"]  # a checkpoint from before the option
+    assert from_dict(Config, saved).model.resize == "letterbox"
