@@ -136,7 +136,8 @@ def _shape(state: dict, key: str, source: str) -> tuple[int, ...]:
 def official_config(state: dict[str, torch.Tensor], source: str = "the file") -> dict:
     """Our config (a dict for :class:`~simvg.config.Config`) of the model in SimVG's ``state``
     (its own key names), read from the weights' shapes: BEiT-3's width, depth, FFN size,
-    patch and image size; the head's width, queries, query generator and decoder depth."""
+    patch and image size; the head's width, queries, query generator and decoder depth; with
+    SimVG's pre-processing and DWBD weights."""
     width = _shape(state, "vis_enc.beit3.text_embed.weight", source)[1]
     patch = _shape(state, "vis_enc.beit3.vision_embed.proj.weight", source)[-1]
     positions = _shape(state, "vis_enc.beit3.encoder.embed_positions.A.weight", source)[0]
@@ -147,7 +148,8 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
     sizes = {"hidden_size": width, "num_layers": layers, "num_heads": width // BEIT3_HEAD_DIM,
              "intermediate_size": _shape(state, "vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight", source)[0]}  # fmt: skip
     # SimVG's BEiT-3: no dropout, stochastic depth 0.1 (they matter only to fine-tuning).
-    encoder = {"type": "beit3", "pretrained": None, **sizes, "patch_size": patch, "dropout": 0.0, "drop_path": 0.1}
+    encoder = {"type": "beit3", "pretrained": None, **sizes, "patch_size": patch, "dropout": 0.0, "drop_path": 0.1,
+               "pixel_normalization": "imagenet"}  # fmt: skip
     rows = _shape(state, "vis_enc.beit3.text_embed.weight", source)[0]
     preset = next((name for name, preset in PRESETS.items() if preset == sizes), None)
     if preset is not None and rows == RELEASED_VOCAB_SIZE:
@@ -170,8 +172,12 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
     # DWBD as SimVG trains each size: ViT-B lambda (2, 1), ViT-L (1, 0.4).
     large = width >= 1024
     loss = {"score_target": "label", "lambda_token": 1.0 if large else 2.0, "lambda_kd": 0.4 if large else 1.0}
-    model = {"image_size": side * patch, "max_text_length": SIMVG_TEXT_TOKENS, "encoder": encoder, "head": head}
-    return {"model": model, "loss": loss}
+    # SimVG's pre-processing: stretched to the square input (no letterbox), ImageNet mean/std;
+    # for fine-tuning, its large-scale jitter without flips or colour jitter.
+    model = {"image_size": side * patch, "max_text_length": SIMVG_TEXT_TOKENS, "resize": "stretch", "encoder": encoder,
+             "head": head}  # fmt: skip
+    data = {"augment": {"mode": "lsj", "scale": [0.3, 1.4], "flip": 0.0, "color": 0.0}}
+    return {"model": model, "data": data, "loss": loss}
 
 
 def load_mapped(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "the file") -> None:

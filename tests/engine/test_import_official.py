@@ -104,8 +104,10 @@ def test_the_config_comes_from_the_weights_shapes():
     config = official_config(official_state(queries=10))
     encoder, head = config["model"]["encoder"], config["model"]["head"]
     assert encoder == {"type": "beit3", "pretrained": None, "hidden_size": 64, "num_layers": 2, "num_heads": 1,
-                       "patch_size": 32, "intermediate_size": 96, "dropout": 0.0, "drop_path": 0.1}  # fmt: skip
+                       "patch_size": 32, "intermediate_size": 96, "dropout": 0.0, "drop_path": 0.1,
+                       "pixel_normalization": "imagenet"}  # fmt: skip
     assert config["model"]["image_size"] == 64 and config["model"]["max_text_length"] == 20
+    assert config["model"]["resize"] == "stretch" and config["data"]["augment"]["mode"] == "lsj"  # SimVG's
     assert head["type"] == "simvg" and head["hidden_dim"] == 32 and head["num_queries"] == 10
     assert (head["tqg_layers"], head["tqg_ffn"], head["decoder_layers"], head["decoder_ffn"]) == (2, 16, 3, 48)
     assert config["loss"]["lambda_token"] == 2.0 and config["loss"]["lambda_kd"] == 1.0  # DWBD of ViT-B
