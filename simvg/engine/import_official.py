@@ -53,7 +53,9 @@ HEAD_KEYS = {
 for _theirs, _ours in _DECODERS.items():
     HEAD_KEYS[rf"{re.escape(_theirs)}\.post_norm_layer\.(weight|bias)"] = f"{_ours}.norm.{{0}}"
     for _part, _target in _LAYER_PARTS.items():
-        HEAD_KEYS[rf"{re.escape(_theirs)}\.layers\.(\d+)\.{_part}"] = f"{_ours}.layers.{{0}}.{_target.replace('{0}', '{1}')}"
+        HEAD_KEYS[rf"{re.escape(_theirs)}\.layers\.(\d+)\.{_part}"] = (
+            f"{_ours}.layers.{{0}}.{_target.replace('{0}', '{1}')}"
+        )
 
 # Buffers of SimVG's training losses (class weights), not part of the model.
 LOSS_BUFFERS = {"head.criterion.empty_weight", "head.criterion_harddistill.empty_weight"}
@@ -90,8 +92,14 @@ def official_weights(path: str | Path, ema: bool = False) -> tuple[dict[str, tor
     data = load_torch_file(path)
     entry = "ema_state_dict" if ema else "state_dict"
     if entry not in data:
-        hint = " (this file has no EMA weights: import without --ema)" if ema and "state_dict" in data else ""
-        raise TorchFileError(f"{path}: no '{entry}' entry{hint}; the file holds: {', '.join(map(str, data)) or 'nothing'}")
+        hint = (
+            " (this file has no EMA weights: import without --ema)"
+            if ema and "state_dict" in data
+            else ""
+        )
+        raise TorchFileError(
+            f"{path}: no '{entry}' entry{hint}; the file holds: {', '.join(map(str, data)) or 'nothing'}"
+        )
     state = data[entry]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TorchFileError(f"{path}: '{entry}' is not a dict of tensors")
@@ -101,7 +109,9 @@ def official_weights(path: str | Path, ema: bool = False) -> tuple[dict[str, tor
     return state, info
 
 
-def map_official_state(state: dict[str, torch.Tensor], source: str = "the file") -> dict[str, torch.Tensor]:
+def map_official_state(
+    state: dict[str, torch.Tensor], source: str = "the file"
+) -> dict[str, torch.Tensor]:
     """SimVG's model keys -> ours (tensors shared, the input projection's 1 x 1 kernel
     flattened). Raises :class:`OfficialImportError` listing every key that has no place in
     our model."""
@@ -129,7 +139,9 @@ def _count(state: dict, pattern: str) -> int:
 
 def _shape(state: dict, key: str, source: str) -> tuple[int, ...]:
     if key not in state:
-        raise OfficialImportError(f"{source}: missing the weight '{key}', which every SimVG model has")
+        raise OfficialImportError(
+            f"{source}: missing the weight '{key}', which every SimVG model has"
+        )
     return tuple(state[key].shape)
 
 
@@ -143,7 +155,9 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
     positions = _shape(state, "vis_enc.beit3.encoder.embed_positions.A.weight", source)[0]
     side = math.isqrt(positions - 3)  # the patches + the CLS token + fairseq's 2 offset rows
     if side * side != positions - 3:
-        raise OfficialImportError(f"{source}: {positions} vision position embeddings do not make a square grid")
+        raise OfficialImportError(
+            f"{source}: {positions} vision position embeddings do not make a square grid"
+        )
     layers = _count(state, r"vis_enc\.beit3\.encoder\.layers\.(\d+)\..*")
     sizes = {"hidden_size": width, "num_layers": layers, "num_heads": width // BEIT3_HEAD_DIM,
              "intermediate_size": _shape(state, "vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight", source)[0]}  # fmt: skip
@@ -164,14 +178,20 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
         "tqg_ffn": _shape(state, f"{tqg}.layers.0.ffns.0.layers.0.0.weight", source)[0],
         "decoder_layers": _count(state, r"head\.transformer\.decoder\.layers\.(\d+)\..*"),
         "decoder_heads": SIMVG_HEADS,
-        "decoder_ffn": _shape(state, "head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight", source)[0],
+        "decoder_ffn": _shape(
+            state, "head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight", source
+        )[0],
         "dropout": SIMVG_DROPOUT,
         "box_mlp_layers": _count(state, r"head\.bbox_embed_token\.layers\.(\d+)\..*"),
         "use_decoder": True,
     }
     # DWBD as SimVG trains each size: ViT-B lambda (2, 1), ViT-L (1, 0.4).
     large = width >= 1024
-    loss = {"score_target": "label", "lambda_token": 1.0 if large else 2.0, "lambda_kd": 0.4 if large else 1.0}
+    loss = {
+        "score_target": "label",
+        "lambda_token": 1.0 if large else 2.0,
+        "lambda_kd": 0.4 if large else 1.0,
+    }
     # SimVG's pre-processing: stretched to the square input (no letterbox), ImageNet mean/std;
     # for fine-tuning, its large-scale jitter without flips or colour jitter.
     model = {"image_size": side * patch, "max_text_length": SIMVG_TEXT_TOKENS, "resize": "stretch", "encoder": encoder,
@@ -180,19 +200,27 @@ def official_config(state: dict[str, torch.Tensor], source: str = "the file") ->
     return {"model": model, "data": data, "loss": loss}
 
 
-def load_mapped(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "the file") -> None:
+def load_mapped(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str = "the file"
+) -> None:
     """Load mapped weights into ``model``; raises :class:`OfficialImportError` naming the
     model's weights the file lacks, or those whose shapes differ."""
     missing = sorted(set(model.state_dict()) - set(weights))
     if missing:
-        raise OfficialImportError(f"{source}: {len(missing)} of our model's weights are missing from it: {', '.join(missing)}")
+        raise OfficialImportError(
+            f"{source}: {len(missing)} of our model's weights are missing from it: {', '.join(missing)}"
+        )
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise OfficialImportError(f"{source}: its weights do not fit the model its shapes describe: {err}") from err
+        raise OfficialImportError(
+            f"{source}: its weights do not fit the model its shapes describe: {err}"
+        ) from err
 
 
-def import_official(source: str | Path, output: str | Path, tokenizer: str | Path, ema: bool = False) -> dict:
+def import_official(
+    source: str | Path, output: str | Path, tokenizer: str | Path, ema: bool = False
+) -> dict:
     """Write SimVG's released file ``source`` as a checkpoint directory ``output``, with the
     tokenizer at ``tokenizer`` (BEiT-3's ``beit3.spm``). Returns a summary (sizes, entry)."""
     from simvg.config import Config, from_dict
@@ -209,7 +237,11 @@ def import_official(source: str | Path, output: str | Path, tokenizer: str | Pat
     vocab_size = int(state["vis_enc.beit3.text_embed.weight"].shape[0])
     model = build_model(config.model, vocab_size, backbone_config=None)
     load_mapped(model, weights, str(source))
-    imported = {"file": Path(source).name, "weights": "ema_state_dict" if ema else "state_dict", **info}
+    imported = {
+        "file": Path(source).name,
+        "weights": "ema_state_dict" if ema else "state_dict",
+        **info,
+    }
     save_checkpoint(output, model.eval(), config, model.encoder.backbone_config(), tok,
                     extra={"vocab_size": vocab_size, "imported_from": imported})  # fmt: skip
     return {"output": str(output), "weights": imported["weights"], "model": config_dict["model"]}

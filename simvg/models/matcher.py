@@ -26,7 +26,9 @@ def match_cost(logits: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor,
     prob = logits.float().softmax(-1)[:, OBJECT]
     boxes, targets = boxes.float(), targets.float().to(boxes.device)
     l1 = torch.cdist(boxes, targets, p=1)
-    giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(targets, "cxcywh", "xyxy"))
+    giou = generalized_box_iou(
+        box_convert(boxes, "cxcywh", "xyxy"), box_convert(targets, "cxcywh", "xyxy")
+    )
     return -class_cost * prob[:, None] + l1_cost * l1 - giou_cost * giou
 
 
@@ -47,9 +49,13 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, target_sets: list
     batch, predictions = logits.shape[:2]
     # Every prediction against every target of the batch at once (as DETR), then per image.
     targets = torch.cat([t.to(device) for t in target_sets])
-    cost = match_cost(logits.flatten(0, 1), boxes.flatten(0, 1), targets, costs).view(batch, predictions, -1)
+    cost = match_cost(logits.flatten(0, 1), boxes.flatten(0, 1), targets, costs).view(
+        batch, predictions, -1
+    )
     if not torch.isfinite(cost).all():
-        raise ValueError("Hungarian matching: the predicted boxes give non-finite costs (the model's outputs hold NaN or inf)")
+        raise ValueError(
+            "Hungarian matching: the predicted boxes give non-finite costs (the model's outputs hold NaN or inf)"
+        )
     matches = []
     for i, image_cost in enumerate(cost.cpu().split(sizes, dim=-1)):
         if sizes[i] == 0:

@@ -21,10 +21,14 @@ __all__ = ["NO_OBJECT", "OBJECT", "class_loss", "matched_pairs", "paired_iou", "
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of each pair of rows: a, b (M, 4) normalised cxcywh -> (M,)."""
-    return box_iou(box_convert(a.float(), "cxcywh", "xyxy"), box_convert(b.float(), "cxcywh", "xyxy")).diagonal()
+    return box_iou(
+        box_convert(a.float(), "cxcywh", "xyxy"), box_convert(b.float(), "cxcywh", "xyxy")
+    ).diagonal()
 
 
-def class_loss(logits: torch.Tensor, object_target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def class_loss(
+    logits: torch.Tensor, object_target: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of 2-way logits (..., 2) against soft targets: ``object_target`` (...) is
     the probability the prediction should give "object" (1 or an IoU; 0 = "no object");
     the mean is weighted by ``weights`` (...). With 0/1 targets and weights 1 (object) /
@@ -41,7 +45,12 @@ def matched_pairs(boxes: torch.Tensor, target_sets: list[torch.Tensor], matches:
     images = torch.cat([torch.full_like(pred, i) for i, (pred, _) in enumerate(matches)])
     preds = torch.cat([pred for pred, _ in matches])
     goals = [t[j].to(boxes.device, torch.float32) for t, (_, j) in zip(target_sets, matches)]
-    return images, preds, boxes[images, preds].float(), torch.cat(goals) if goals else boxes.new_zeros(0, 4)
+    return (
+        images,
+        preds,
+        boxes[images, preds].float(),
+        torch.cat(goals) if goals else boxes.new_zeros(0, 4),
+    )
 
 
 def set_losses(
@@ -64,7 +73,11 @@ def set_losses(
     images, preds, predicted, goals = matched_pairs(boxes, target_sets, matches)
     object_target = torch.zeros(logits.shape[:2], device=logits.device)
     weights = torch.full(logits.shape[:2], no_object_weight, device=logits.device)
-    quality = paired_iou(predicted.detach(), goals) if score_target == "iou" else torch.ones(len(preds), device=logits.device)
+    quality = (
+        paired_iou(predicted.detach(), goals)
+        if score_target == "iou"
+        else torch.ones(len(preds), device=logits.device)
+    )
     object_target[images, preds] = quality
     weights[images, preds] = 1.0
     ce = class_loss(logits, object_target, weights)

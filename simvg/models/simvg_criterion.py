@@ -59,12 +59,18 @@ class SimVGCriterion(nn.Module):
         weights |= {f"loss_dec_{k}{suffix}": v for suffix in suffixes for k, v in parts.items()}
         self.weight_dict = weights
 
-    def _branch_losses(self, logits: torch.Tensor, boxes: torch.Tensor, target_sets: TargetSets, prefix: str):
+    def _branch_losses(
+        self, logits: torch.Tensor, boxes: torch.Tensor, target_sets: TargetSets, prefix: str
+    ):
         matches = hungarian_match(logits, boxes, target_sets, self.costs)
-        ce, l1, giou = set_losses(logits, boxes, target_sets, matches, self.config.no_object_weight, self.score_target)
+        ce, l1, giou = set_losses(
+            logits, boxes, target_sets, matches, self.config.no_object_weight, self.score_target
+        )
         return {f"{prefix}_ce": ce, f"{prefix}_l1": l1, f"{prefix}_giou": giou}, matches
 
-    def forward(self, outputs: dict, targets: torch.Tensor | TargetSets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def forward(
+        self, outputs: dict, targets: torch.Tensor | TargetSets
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         target_sets = as_target_sets(targets)
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
@@ -78,22 +84,30 @@ class SimVGCriterion(nn.Module):
         losses |= decoder_losses
         if self.config.aux:
             for i, aux in enumerate(decoder["aux"]):
-                aux_losses = self._branch_losses(aux["logits"], aux["boxes"], target_sets, "loss_dec")[0]
+                aux_losses = self._branch_losses(
+                    aux["logits"], aux["boxes"], target_sets, "loss_dec"
+                )[0]
                 losses |= {f"{k}_{i}": v for k, v in aux_losses.items()}
         if not self.config.dwbd:
             return losses | token_losses, stats
         with torch.no_grad():
-            images, preds, teacher_boxes, goals = matched_pairs(boxes.detach(), target_sets, matches)
+            images, preds, teacher_boxes, goals = matched_pairs(
+                boxes.detach(), target_sets, matches
+            )
             fg = logits[images, preds].float().softmax(-1)[:, OBJECT]
             pairs = fg * paired_iou(teacher_boxes, goals)
             balance = pairs.mean() if len(pairs) else pairs.new_zeros(())
             teacher_sets = [teacher_boxes[images == i] for i in range(len(target_sets))]
         kd = self._branch_losses(token_logits, token_boxes, teacher_sets, "loss_tok_kd")[0]
-        losses |= {k: v * (1 - balance) for k, v in token_losses.items()} | {k: v * balance for k, v in kd.items()}
+        losses |= {k: v * (1 - balance) for k, v in token_losses.items()} | {
+            k: v * balance for k, v in kd.items()
+        }
         stats["dwbd_weight"] = float(balance)
         return losses, stats
 
-    def total(self, losses: dict[str, torch.Tensor], decoder_layers: int | None = None) -> torch.Tensor:
+    def total(
+        self, losses: dict[str, torch.Tensor], decoder_layers: int | None = None
+    ) -> torch.Tensor:
         """The weighted sum of ``losses``; ``decoder_layers`` is not used (the weights were
         built with the criterion) and is accepted so that both criteria are called alike."""
         return sum(losses[k] * self.weight_dict[k] for k in losses if k in self.weight_dict)

@@ -43,10 +43,16 @@ class DetrDecoderLayer(nn.Module):
         q = target + query_pos
         target = self.norm1(target + self.self_attn(q, q, target, need_weights=False)[0])
         attended = self.cross_attn(
-            target + query_pos, memory + memory_pos, memory, key_padding_mask=memory_padding, need_weights=False
+            target + query_pos,
+            memory + memory_pos,
+            memory,
+            key_padding_mask=memory_padding,
+            need_weights=False,
         )[0]
         target = self.norm2(target + attended)
-        return self.norm3(target + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(target))))))
+        return self.norm3(
+            target + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(target)))))
+        )
 
 
 class DetrDecoder(nn.Module):
@@ -55,7 +61,9 @@ class DetrDecoder(nn.Module):
 
     def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(DetrDecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DetrDecoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(

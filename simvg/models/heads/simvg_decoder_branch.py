@@ -23,7 +23,15 @@ class SimVGDecoderBranch(nn.Module):
     earlier layer, when ``all_layers``]}; boxes normalised cx, cy, w, h; class 0 = object.
     """
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float, box_mlp_layers: int = 3):
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        box_mlp_layers: int = 3,
+    ):
         super().__init__()
         self.decoder = DetrDecoder(dim, num_layers, num_heads, ffn_dim, dropout)
         self.class_head = nn.Linear(dim, 2)
@@ -46,6 +54,8 @@ class SimVGDecoderBranch(nn.Module):
         """visual: (B, N, D); visual_padding: (B, N) bool, True = ignore; visual_pos: (B, N, D);
         queries: (B, Q, D) from the query generator; all_layers: also predict from every
         earlier layer (the auxiliary losses' inputs)."""
-        hidden = self.decoder(torch.zeros_like(queries), queries, visual, visual_pos, visual_padding, all_layers)
+        hidden = self.decoder(
+            torch.zeros_like(queries), queries, visual, visual_pos, visual_padding, all_layers
+        )
         predictions = [self._predict(h) for h in hidden]
         return predictions[-1] | {"aux": predictions[:-1]}

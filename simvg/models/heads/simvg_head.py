@@ -41,19 +41,31 @@ class SimVGHead(nn.Module):
         self.text_proj = nn.Linear(width, dim)
         self.object_proj = nn.Linear(width, dim)
         self.query_generator = SimVGQueryGenerator(
-            dim, config.num_queries, config.tqg_layers, config.tqg_heads, config.tqg_ffn, config.dropout
+            dim,
+            config.num_queries,
+            config.tqg_layers,
+            config.tqg_heads,
+            config.tqg_ffn,
+            config.dropout,
         )
         self.token_branch = SimVGTokenBranch(dim, config.box_mlp_layers)
         self.decoder_branch = None
         if config.use_decoder:
             self.decoder_branch = SimVGDecoderBranch(
-                dim, config.decoder_layers, config.decoder_heads, config.decoder_ffn, config.dropout, config.box_mlp_layers
+                dim,
+                config.decoder_layers,
+                config.decoder_heads,
+                config.decoder_ffn,
+                config.dropout,
+                config.box_mlp_layers,
             )
 
     def forward(self, encoded: EncoderOutput, use_decoder: bool | None = None) -> dict:
         run_decoder = self.decoder_branch is not None if use_decoder is None else use_decoder
         if run_decoder and self.decoder_branch is None:
-            raise ValueError("this model has no decoder branch (head.use_decoder is false); use the token branch")
+            raise ValueError(
+                "this model has no decoder branch (head.use_decoder is false); use the token branch"
+            )
         queries = self.query_generator(self.text_proj(encoded.text_tokens), encoded.text_mask)
         object_tokens = self.object_proj(encoded.object_token)[:, None] + queries
         token = self.token_branch(object_tokens)
@@ -69,5 +81,7 @@ class SimVGHead(nn.Module):
             visual = self.visual_proj(encoded.visual_tokens)
             valid = encoded.visual_mask.reshape(-1, *encoded.grid)
             pos = detr_sine_position_encoding(valid, visual.shape[-1]).to(visual.dtype)
-            out["decoder"] = self.decoder_branch(visual, ~encoded.visual_mask, pos, queries, all_layers=self.training)
+            out["decoder"] = self.decoder_branch(
+                visual, ~encoded.visual_mask, pos, queries, all_layers=self.training
+            )
         return out

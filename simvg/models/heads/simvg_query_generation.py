@@ -29,7 +29,15 @@ class SimVGQueryGenerator(nn.Module):
     (B, Q, D).
     """
 
-    def __init__(self, dim: int, num_queries: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        num_queries: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+    ):
         super().__init__()
         self.query_embed = nn.Embedding(num_queries, dim)
         self.decoder = DetrDecoder(dim, num_layers, num_heads, ffn_dim, dropout)
@@ -38,5 +46,7 @@ class SimVGQueryGenerator(nn.Module):
         batch, length, dim = text.shape
         queries = self.query_embed.weight[None].expand(batch, -1, -1)
         positions = simvg_text_position_encoding(length, dim).to(text.device, text.dtype)[None]
-        generated = self.decoder(torch.zeros_like(queries), queries, text, positions, ~text_mask, all_layers=False)[-1]
+        generated = self.decoder(
+            torch.zeros_like(queries), queries, text, positions, ~text_mask, all_layers=False
+        )[-1]
         return generated + masked_max_pool(text, text_mask)[:, None] + queries
