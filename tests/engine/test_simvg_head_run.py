@@ -46,7 +46,11 @@ def synthref_g_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("head", [[], CELLS_SEVERAL, SIMVG_HEAD], ids=["cells", "cells-several-queries", "simvg"])
+AUXILIARY = ["loss.word_alignment=1.0", "loss.category=1.0"]  # read the one-target phrases only
+
+
+@pytest.mark.parametrize("head", [[], AUXILIARY, CELLS_SEVERAL, SIMVG_HEAD],
+                         ids=["cells", "cells-auxiliary-losses", "cells-several-queries", "simvg"])  # fmt: skip
 def test_every_head_trains_on_phrases_with_no_several_or_one_target(head, synthref_g_root, tmp_path):
     from simvg.data.readers import load_records
 
