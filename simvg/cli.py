@@ -1,4 +1,5 @@
-"""The ``simvg`` command: synth | train | eval | predict | distill | bench | export | check-data | convert."""
+"""The ``simvg`` command: synth | train | eval | predict | distill | bench | export | check-data | convert |
+import-official."""
 
 from __future__ import annotations
 
@@ -143,13 +144,19 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box-format", choices=["xywh", "xyxy"], default="xywh",
                    help="'box' as COCO [x, y, w, h] (default) or corners [x0, y0, x1, y1], in pixels")  # fmt: skip
     p.add_argument("--copy", action="store_true", help="copy the images used (default: link the image folder)")
+def _add_import_official(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-official", help="turn a SimVG release (.pth) into a checkpoint directory")
+    p.add_argument("source", help="SimVG's released torch file (e.g. det_best.pth)")
+    p.add_argument("output", help="checkpoint directory to write")
+    p.add_argument("--tokenizer", required=True, metavar="PATH.spm", help="BEiT-3's sentencepiece model (beit3.spm)")
+    p.add_argument("--ema", action="store_true", help="take the file's EMA weights (ema_state_dict)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simvg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export,
-                _add_check_data, _add_convert):  # fmt: skip
+                _add_check_data, _add_convert, _add_import_official):  # fmt: skip
         add(sub)
     return parser
 

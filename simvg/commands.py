@@ -299,6 +299,16 @@ def run_convert(args: argparse.Namespace) -> int:
     report = check_data_root(summary.out, [summary.name])
     print(format_report(report))
     return 0 if report.ok else 1
+def run_import_official(args: argparse.Namespace) -> int:
+    from simvg.engine.import_official import import_official
+
+    summary = import_official(args.source, args.output, args.tokenizer, ema=args.ema)
+    model = summary["model"]
+    encoder, head = model["encoder"], model["head"]
+    print(f"wrote {args.output}: SimVG's {summary['weights']} as BEiT-3 {encoder['hidden_size']} x "
+          f"{encoder['num_layers']} layers, patch {encoder['patch_size']}, {model['image_size']} px, "
+          f"{head['num_queries']} quer{'y' if head['num_queries'] == 1 else 'ies'} (head type simvg)")  # fmt: skip
+    return 0
 
 
 COMMANDS = {
@@ -311,4 +321,5 @@ COMMANDS = {
     "export": run_export,
     "check-data": run_check_data,
     "convert": run_convert,
+    "import-official": run_import_official,
 }

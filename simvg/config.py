@@ -109,12 +109,27 @@ class EncoderConfig:
 
 
 LANDMARK_POINTERS = ("token", "words")
+HEAD_TYPES = ("cells", "simvg")
+SCORE_TARGETS = ("label", "iou")
 
 
 @dataclass
 class HeadConfig:
-    """SimVG's head: text-guided query generation, token branch, decoder branch."""
+    """The head: text-guided query generation, token branch, decoder branch.
 
+    type: "cells", our head for the SynthRef recipes (a token branch that points at a visual
+        token and regresses its cell's box, a decoder branch that predicts boxes relative to
+        where it attends); "simvg", the head as SimVG publishes it (a token branch that
+        regresses the box from the object token, a DETR decoder branch with absolute boxes;
+        simvg/models/heads/simvg_head.py). ``reference_window``, ``token_branches``,
+        ``deploy_branch``, ``landmark_relation`` and ``landmark_pointer`` apply to "cells" only.
+    num_queries: learnable queries of the query generator; each gives the decoder branch (and
+        the "simvg" token branch) one scored box. More than 1 is for phrases that name several
+        objects or none (docs/generalized-grounding.md); the "cells" token branch then answers
+        with every cell, each with its own score.
+    """
+
+    type: str = "cells"
     hidden_dim: int = 256
     num_queries: int = 1
     tqg_layers: int = 2
@@ -145,6 +160,14 @@ class HeadConfig:
     landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:
+        _check_choice("model.head.type", self.type, HEAD_TYPES)
+        if self.type == "simvg":
+            cells_only = {"token_branches": self.token_branches != 1, "landmark_relation": self.landmark_relation,
+                          "reference_window": self.reference_window != 1}  # fmt: skip
+            for key, changed in cells_only.items():
+                if changed:
+                    raise ConfigError(f"model.head.{key} belongs to the 'cells' head; the 'simvg' head has "
+                                      f"one token branch that regresses its box from the object token")  # fmt: skip
         if self.token_branches < 1 or self.num_queries < 1:
             raise ConfigError("model.head.token_branches and model.head.num_queries must be >= 1")
         if self.landmark_pointer not in LANDMARK_POINTERS:
@@ -220,6 +243,11 @@ class LossConfig:
     l1: float = 5.0
     giou: float = 2.0
     no_object_weight: float = 0.1
+    # What a box's score learns: "label", DETR's (a box matched to a target is "object", the
+    # others "no object"), or "iou": a matched box's object probability learns the IoU of the
+    # box with its target (detached), so that a wrong box scores low. None: "iou" for the
+    # "cells" head, "label" for the "simvg" head (as SimVG trains it).
+    score_target: str | None = None
     aux: bool = True
     dwbd: bool = True
     lambda_token: float = 2.0
@@ -242,6 +270,10 @@ class LossConfig:
     # against the landmark's centre cell, where the annotations name the landmark (0 = off;
     # the pointer then learns from the grounding loss alone).
     landmark_ref: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.score_target is not None:
+            _check_choice("loss.score_target", self.score_target, SCORE_TARGETS)
 
 
 @dataclass

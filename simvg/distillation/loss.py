@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.hooks import FeatureRecorder
@@ -32,7 +31,6 @@ from simvg.data.dataset import Batch
 from simvg.models import SimVG
 from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.criterion import (
-    OBJECT,
     cell_box_losses,
     paired_iou,
     positive_cells,
@@ -40,6 +38,7 @@ from simvg.models.criterion import (
 )
 from simvg.models.heads.token_branch import MultiBranchTokenHead
 from simvg.models.postprocess import select_boxes
+from simvg.models.set_loss import class_loss
 
 OBJECTIVES = ("full", "teacher")
 
@@ -234,6 +233,15 @@ class DistillationLoss(nn.Module):
             )  # fmt: skip
         return losses
 
+    def _score_loss(self, head: dict, targets: torch.Tensor) -> torch.Tensor:
+        """The answer's score against "object", or its box's IoU with the target (loss.score_target
+        "iou", the "cells" head's default: simvg.models.set_loss)."""
+        if (self.config.loss.score_target or "iou") == "label":
+            goal = torch.ones(len(targets), device=targets.device)
+        else:
+            goal = paired_iou(head["boxes"].detach(), targets)
+        return class_loss(head["logits"], goal, torch.ones_like(goal))
+
     def _full_losses(
         self, batch: Batch, out: dict, heads: list[dict], teacher: TeacherTargets, recorder: FeatureRecorder
     ) -> dict:
@@ -243,12 +251,11 @@ class DistillationLoss(nn.Module):
             raise ValueError("the 'full' distillation objective trains on ground truth: every sample needs one box "
                              "(distill.objective=teacher distils without it)")  # fmt: skip
         token = out["token"]
-        labels = torch.full((len(targets),), OBJECT, dtype=torch.long, device=targets.device)
         positives = positive_cells(targets, out["grid"])
         losses: dict[str, torch.Tensor] = {}
 
         parts = [cell_box_losses(h["cell_boxes"], targets, positives) for h in heads]
-        losses["loss_gt_ce"] = sum(F.cross_entropy(h["logits"].float(), labels) for h in heads)
+        losses["loss_gt_ce"] = sum(self._score_loss(h, targets) for h in heads)
         losses["loss_gt_l1"] = sum(p[0] for p in parts)
         losses["loss_gt_giou"] = sum(p[1] for p in parts)
         if self.config.loss.token_ref > 0:

@@ -15,7 +15,7 @@ from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
 from simvg.data.records import PER_EXPRESSION_EXTRAS, GroundingRecord
 from simvg.engine.train import TrainingTask
-from simvg.models import GroundingCriterion, build_model
+from simvg.models import build_criterion, build_model
 from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.category import CategoryLoss
 from simvg.models.landmark import LandmarkOffsetLoss
@@ -47,7 +47,7 @@ class GroundingLoss(nn.Module):
     object's visual token; its heads are trained here and not saved with the model.
     """
 
-    def __init__(self, model: nn.Module, criterion: GroundingCriterion, auxiliary: AuxiliaryLosses | None = None):
+    def __init__(self, model: nn.Module, criterion: nn.Module, auxiliary: AuxiliaryLosses | None = None):
         super().__init__()
         self.model = model
         self.criterion = criterion
@@ -55,7 +55,8 @@ class GroundingLoss(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self.model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
-        losses, stats = self.criterion(outputs, batch.targets)
+        targets = batch.targets if batch.targets is not None else batch.target_sets
+        losses, stats = self.criterion(outputs, targets)
         total = self.criterion.total(losses, self.model.config.head.decoder_layers)
         if self.auxiliary is not None:
             extra = self.auxiliary(self.model, outputs, batch)
@@ -193,7 +194,7 @@ def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
         raise ValueError("no loss trains the token branch and the model has no decoder branch: nothing would learn")
     return TrainingTask(
         config=config,
-        module=GroundingLoss(model, GroundingCriterion(config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
+        module=GroundingLoss(model, build_criterion(config.model, config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
         export_model=model,
         backbone_config=model.encoder.backbone_config(),
         tokenizer=tokenizer,

@@ -3,17 +3,28 @@
 They are read with torch's restricted unpickler (``weights_only=True``): tensors, plain
 containers, numbers and strings only. A file that asks for anything else (a class, a
 function: what a malicious pickle needs to run code) is refused, naming the global; nothing
-in it is ever executed.
+in it is ever executed. Numbers saved as numpy scalars (SimVG's checkpoints hold accuracies
+so) are let through as well: numpy's scalar and dtype constructors only build numbers.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
+
+
+def _numpy_numbers() -> list:
+    """numpy's scalar constructor (under its numpy 2 and numpy 1 names) and its number dtypes."""
+    from numpy._core.multiarray import scalar
+
+    dtypes = [type(np.dtype(code)) for code in "?bhilqBHILQefdg"]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 class TorchFileError(ValueError):
@@ -31,7 +42,8 @@ def load_torch_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"torch file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_numbers()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"GLOBAL (\S+)", text)
@@ -43,7 +55,7 @@ def load_torch_file(path: str | Path) -> dict:
         raise TorchFileError(
             f"{path}: refused to load: {detail.group(1) if detail else text.splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError, struct.error) as err:
         raise TorchFileError(
             f"{path}: not a readable torch file ({type(err).__name__}: {err})"
         ) from None

@@ -93,7 +93,7 @@ def test_cell_kd_is_zero_for_a_student_that_predicts_the_teachers_cells(tiny_run
     # A cheaper student does not.
     cheaper, _, _, batch = make_loss(tiny_run, synthref_root)
     cheaper.eval()
-    assert cheaper(batch)[1]["loss_cell_kd"] > 1e-3
+    assert cheaper(batch)[1]["loss_cell_kd"] > 1e-4  # ten times the bound above (the value depends on the tiny teacher's 8 steps)
 
 
 def test_ones_kl_reads_the_branches_distributions_over_cells(tiny_run, synthref_root):

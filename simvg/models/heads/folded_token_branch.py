@@ -1,4 +1,4 @@
-"""Token-branch inference with the linear maps around it folded together.
+"""The "cells" head's token-branch inference (ours) with the linear maps around it folded together.
 
 At inference the token branch answers with the box of one cell. Between the encoder's
 outputs and that answer, every map is linear except the softmax, the argmax and the box
