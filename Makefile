@@ -7,8 +7,11 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install -q -e .
 
+# torchscale 0.3.0, the reference BEiT-3 of the parity test (tests only), pins old timm and
+# fairscale: the test extra has versions that work, and torchscale is installed without its pins.
 install-test:
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps torchscale==0.3.0
 
 # Debian's chromium for the end-to-end browser test (Playwright's own download is not used).
 browser:
@@ -24,6 +27,8 @@ demo: install
 test: install-test browser
 	$(PYTHON) -m pytest -q
 
+# The slow tests (about 15 minutes on 2 CPU cores): the shipped model's accuracy on full-size
+# fresh SynthRef splits, and the teacher recipe's first 500 steps reaching its accuracy.
 test-slow: install-test
 	$(PYTHON) -m pytest -q -m slow
 
@@ -33,12 +38,12 @@ lint: install-test
 # Rebuild the shipped default model (simvg/weights/synthref-student) from nothing: SynthRef,
 # the teacher, the distilled student (the study's most accurate variant, `teacher_stem`),
 # float16 export of its deployed branch. About 20 minutes on 2 CPU cores. The runs go to
-# $(RUNS)/teacher and $(RUNS)/student_v4/teacher_stem, which must not hold a run yet.
+# $(RUNS)/teacher and $(RUNS)/student/teacher_stem, which must not hold a run yet.
 DATA ?= data
 RUNS ?= runs
 default-model: install
 	simvg synth --out $(DATA) --name synthref --train 10000 --val 1000 --testA 1000 --testB 1000 --seed 0 --image-size 256
 	simvg train configs/synthref_hybrid.yaml --data-root $(DATA) --output $(RUNS)/teacher
 	simvg distill configs/distill_synthref.yaml --teacher $(RUNS)/teacher/best --data-root $(DATA) \
-		--output $(RUNS)/student_v4/teacher_stem --set distill.stem_conv=Conv
-	simvg export $(RUNS)/student_v4/teacher_stem/best simvg/weights/synthref-student --dtype float16 --keep-branch 0
+		--output $(RUNS)/student/teacher_stem --set distill.stem_conv=Conv
+	simvg export $(RUNS)/student/teacher_stem/best simvg/weights/synthref-student --dtype float16 --keep-branch 0

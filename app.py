@@ -3,31 +3,40 @@
     python app.py [--checkpoint DIR ...] [--host 127.0.0.1] [--port 7860]
 
 A thin Gradio layer over :class:`simvg.Grounder`. The default model is the distilled
-SynthRef student shipped in the package; teacher runs found under ``runs/*/best`` and
-``checkpoints/*`` and any ``--checkpoint`` directory are offered in the model picker. The
-grounding function is also the API endpoint ``/ground`` (image, phrases) -> (annotated
-image, boxes).
+SynthRef student shipped in the package: it knows SynthRef's coloured shapes only, and the
+page says so. Teacher runs found under ``runs/*/best`` and ``checkpoints/*`` and any
+``--checkpoint`` directory (e.g. a model trained on RefCOCO) are offered in the model picker.
+The grounding function is also the API endpoint ``/ground`` (image, phrases) -> (annotated
+image, result dict).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import io
 import os
+import re
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from simvg import Grounder
+from simvg.data import images as simvg_images
 from simvg.data.dataset import PhraseError
 from simvg.data.images import ImageReadError, load_image
+from simvg.data.synthref.vocabulary import COLORS
 from simvg.engine.checkpoint import CheckpointError, resolve_checkpoint
-from simvg.visualize import box_color, draw_boxes
+from simvg.visualize import PhraseBoxes, box_color, draw_groundings
 from simvg.weights import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parent
@@ -35,6 +44,49 @@ EXAMPLES_DIR = ROOT / "examples"
 MAX_PHRASES = 10
 MAX_UPLOAD = "20mb"
 DEFAULT_NAME = "SynthRef student (shipped)"
+# Images are read up to simvg's own limit (checked from the header, before decoding); Pillow's
+# lower "decompression bomb" limit would otherwise refuse or warn first, in its own words.
+Image.MAX_IMAGE_PIXELS = simvg_images.MAX_PIXELS
+
+MODEL_CARD = """\
+**What the shipped model knows.** The default model (*SynthRef student*) was trained only on
+SynthRef, this project's synthetic benchmark: shapes (circle, square, triangle, star, diamond,
+cross) in seven colours (red, orange, yellow, green, cyan, blue, purple) and two sizes, on plain
+or patterned backgrounds, named by colour, shape, size, position (left, right, top, bottom,
+middle) and relation to another shape (*left of*, *above*, *nearest to*, *farthest from*, *the
+bigger of the two*). Try the SynthRef examples below.
+
+**What it does not know: real photographs.** On a photo its boxes are meaningless, however
+high its scores. To ground phrases in photos, start the demo on a checkpoint trained on real
+images (RefCOCO/+/g, or SimVG's released weights imported into simvg; see the README):
+`python app.py --checkpoint DIR`.
+"""
+PHOTO_WARNING = (
+    "**This image does not look like SynthRef, the only data this model was trained on.** On a "
+    "photograph its boxes are meaningless, whatever their scores. For photos, load a checkpoint "
+    "trained on real images: `python app.py --checkpoint DIR`."
+)
+
+_PALETTE = np.array(list(COLORS.values()), np.int16)
+
+
+def looks_like_synthref(pixels: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 image looks like a SynthRef scene: nearly every pixel is
+    either a muted background colour (low chroma) or one of SynthRef's seven object colours,
+    and some pixels are the latter. Photographs fail the first test (their colours are
+    anything), grey photographs the second."""
+    small = Image.fromarray(pixels)
+    small.thumbnail((256, 256), Image.Resampling.NEAREST)  # nearest: no blended colours
+    rgb = np.asarray(small.convert("RGB")).astype(np.int16)
+    chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+    # SynthRef jitters object colours by up to 12 per channel; backgrounds keep chroma <= ~32.
+    near_palette = np.abs(rgb[..., None, :] - _PALETTE).max(axis=-1).min(axis=-1) <= 24
+    return float((near_palette | (chroma <= 45)).mean()) >= 0.95 and float(near_palette.mean()) >= 0.005
+
+
+def knows_only_synthref(grounder: Grounder) -> bool:
+    """Whether the model was trained on SynthRef (its recipe's dataset), so knows nothing else."""
+    return grounder.config.data.dataset == "synthref"
 
 
 def find_models(extra: list[str] | None = None) -> dict[str, Path]:
@@ -87,36 +139,105 @@ def parse_phrases(text: str | None) -> list[str]:
     return phrases
 
 
-def ground(image_path: str | None, phrases_text: str | None, model_name: str, branch: str, cache: ModelCache):
-    """Ground every phrase in the image; returns (annotated PIL image, result dict)."""
+def read_upload(image_path: str, name: str):
+    """The upload as a :class:`~simvg.data.images.LoadedImage`; errors name the file as the user
+    knows it (``name``), never the server's copy of it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return load_image(image_path)
+    except (ImageReadError, FileNotFoundError) as err:
+        message = str(err).replace(str(image_path), f"'{name}'")
+        if message.startswith("image too large"):  # simvg's limit (size known) or Pillow's (beyond twice it)
+            size = re.search(r"is (\d+)x(\d+) pixels", message)
+            shown = f"is {size[1]} × {size[2]} pixels: too large" if size else "is too large"
+            raise gr.Error(f"'{name}' {shown}: the demo reads images up to {too_large_limit()}. Downscale it and "
+                           f"upload it again.") from err  # fmt: skip
+        raise gr.Error(f"Cannot read this image ({name}): {message}") from err
+
+
+def too_large_limit() -> str:
+    side = int(simvg_images.MAX_PIXELS**0.5)
+    return f"{simvg_images.MAX_PIXELS / 1e6:.0f} megapixels (e.g. {side} × {side})"
+
+
+def ground(image_path: str | None, phrases_text: str | None, model_name: str, branch: str, cache: ModelCache,
+           upload_name: str | None = None):  # fmt: skip
+    """Ground every phrase in the image; returns (annotated PIL image, result dict).
+
+    upload_name: the file's name on the user's side (errors and notes name it); default: the
+    file name of ``image_path``. The result dict holds "boxes" (one entry per phrase: text, box
+    xyxy in the original image's pixels, score, branch, colour), "phrases" (per phrase its
+    boxes, a list: none, one or several), "notes" (what the user should know about this
+    result), the model, branch, image size and inference time."""
     if not image_path:
         raise gr.Error("Upload an image first (or pick an example).")
+    name = upload_name or Path(image_path).name
     phrases = parse_phrases(phrases_text)
     grounder = cache.get(model_name)
     if branch not in grounder.branches:
         gr.Warning(f"This model has no {branch} branch; using the token branch.")
         branch = "token"
+    image = read_upload(image_path, name)
+    height, width = image.pixels.shape[:2]
     try:
-        image = load_image(image_path)
         start = time.perf_counter()
-        results = grounder.predict(image.pixels if image.pixels.shape[1] == image.width else image_path, phrases, branch=branch)
+        results = grounder.predict(image.pixels, phrases, branch=branch)
         elapsed_ms = 1000 * (time.perf_counter() - start)
-    except (ImageReadError, FileNotFoundError) as err:
-        raise gr.Error(f"Cannot read this image: {err}") from err
     except PhraseError as err:
         raise gr.Error(str(err)) from err
-    labels = [f"{i + 1}. {r.text} ({r.score:.2f})" for i, r in enumerate(results)]
-    annotated = draw_boxes(image.pixels, results, scale=image.pixels.shape[1] / image.width, labels=labels)
+    downscaled = (width, height) != (image.width, image.height)
+    if downscaled:  # the pixels were decoded smaller: boxes back to the original image's pixels
+        sx, sy = image.width / width, image.height / height
+        results = [replace(r, box=(r.box[0] * sx, r.box[1] * sy, r.box[2] * sx, r.box[3] * sy)) for r in results]
+    groundings = [
+        PhraseBoxes(f"{i + 1}. {r.text} ({r.score:.2f})", [(r.box, r.score)], box_color(i), short=str(i + 1))
+        for i, r in enumerate(results)
+    ]
+    annotated = draw_groundings(image.pixels, groundings, scale=width / image.width)
+    notes = []
+    if knows_only_synthref(grounder) and not looks_like_synthref(image.pixels):
+        notes.append(PHOTO_WARNING)
+    if downscaled:
+        notes.append(f"'{name}' is {image.width} × {image.height} pixels: it is drawn at {width} × {height} (the "
+                     f"model reads {grounder.config.model.image_size} × {grounder.config.model.image_size} pixels "
+                     f"anyway); the boxes are in the original image's pixels.")  # fmt: skip
+    colors = ["#{:02x}{:02x}{:02x}".format(*g.color) for g in groundings]
     payload = {
         "model": model_name,
         "branch": branch,
         "image_size": [image.width, image.height],
         "inference_ms": round(elapsed_ms, 1),
-        "boxes": [
-            {**r.to_dict(), "color": "#{:02x}{:02x}{:02x}".format(*box_color(i))} for i, r in enumerate(results)
-        ],
+        "boxes": [{**r.to_dict(), "color": color} for r, color in zip(results, colors)],
+        "phrases": [{"text": r.text, "color": color, "boxes": [{"box": r.to_dict()["box"], "score": r.to_dict()["score"]}]}
+                    for r, color in zip(results, colors)],  # fmt: skip
+        "notes": notes,
     }
     return annotated, payload
+
+
+def result_table(payload: dict | None) -> str:
+    """The boxes as an HTML table: per phrase its number and colour, then x0 y0 x1 y1 (original
+    image pixels) and score of each of its boxes, or "no match"."""
+    if not payload:
+        return ""
+    rows = []
+    for i, phrase in enumerate(payload.get("phrases", [])):
+        swatch = f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{phrase["color"]}"></span>'
+        head = f"<td>{i + 1}</td><td>{swatch} {html.escape(phrase['text'])}</td>"
+        if not phrase["boxes"]:
+            rows.append(f'<tr>{head}<td colspan="5">no match</td></tr>')
+        for found in phrase["boxes"]:
+            cells = "".join(f"<td>{v:.1f}</td>" for v in found["box"]) + f"<td>{found['score']:.2f}</td>"
+            rows.append(f"<tr>{head}{cells}</tr>")
+    header = "".join(f"<th>{h}</th>" for h in ("#", "phrase", "x0", "y0", "x1", "y1", "score"))
+    return (f'<table class="simvg-boxes"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f"<p><small>Boxes in the original image's pixels ({payload['image_size'][0]} × "
+            f"{payload['image_size'][1]}); score: the model's object probability.</small></p>")  # fmt: skip
+
+
+def notes_text(payload: dict | None) -> str:
+    return "\n\n".join(payload.get("notes", [])) if payload else ""
 
 
 def upload_path(payload: dict | str | None) -> str | None:
@@ -126,6 +247,13 @@ def upload_path(payload: dict | str | None) -> str | None:
     fails on an empty or corrupt file with a trace-like "Could not preprocess" error;
     :func:`ground` reads the file itself and says what is wrong with it."""
     return payload.get("path") if isinstance(payload, dict) else payload
+
+
+def upload_name(payload: dict | str | None) -> str | None:
+    """The file's name on the user's side (FileData's ``orig_name``), else its file name."""
+    if isinstance(payload, dict):
+        return payload.get("orig_name") or (Path(payload["path"]).name if payload.get("path") else None)
+    return Path(payload).name if payload else None
 
 
 def save_annotated(image) -> str:
@@ -156,6 +284,11 @@ def timing_text(payload: dict | None) -> str:
     return f"**{payload['inference_ms']:.0f} ms** for {n} phrase{'s' if n != 1 else ''} on the CPU ({payload['model']}, {payload['branch']} branch)"
 
 
+def result_views(payload: dict | None) -> tuple[str, str, str]:
+    """(notes, table, timing) shown beside the annotated image."""
+    return notes_text(payload), result_table(payload), timing_text(payload)
+
+
 def example_rows() -> list[list[str]]:
     rows = []
     for image in sorted(EXAMPLES_DIR.glob("*.png")):
@@ -174,6 +307,7 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
             "# simvg: visual grounding\nUpload an image, write one phrase per line "
             "(e.g. *the small red circle left of the blue square*), and press **Ground**."
         )
+        gr.Markdown(MODEL_CARD, elem_id="model-card")
         model_state = gr.State(names[0])
         branch_state = gr.State("token")
         with gr.Row():
@@ -187,16 +321,19 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
                 run = gr.Button("Ground", variant="primary")
             with gr.Column():
                 annotated = gr.Image(label="Grounded", type="pil", format="png", elem_id="grounded-image")
+                notes = gr.Markdown(elem_id="notes")
+                table = gr.HTML(elem_id="boxes-table")
                 timing = gr.Markdown(elem_id="timing")
-                boxes = gr.JSON(label="Boxes (x0, y0, x1, y1 in the original image's pixels)", elem_id="boxes")
+                with gr.Accordion("Raw result (JSON, as the API returns it)", open=False):
+                    boxes = gr.JSON(label="Result", elem_id="boxes")
         rows = example_rows()
         if rows:
-            gr.Examples(rows, inputs=[image, phrases], label="SynthRef examples")
+            gr.Examples(rows, inputs=[image, phrases], label="SynthRef examples (what the shipped model knows)")
         model.change(lambda name: name, model, model_state, api_visibility="private")
         branch.change(lambda value: value, branch, branch_state, api_visibility="private")
 
         def ground_ui(img, text, name, br):
-            annotated_image, payload = ground(upload_path(img), text, name, br, cache)
+            annotated_image, payload = ground(upload_path(img), text, name, br, cache, upload_name(img))
             return save_annotated(annotated_image), payload
 
         run.click(
@@ -206,7 +343,7 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
             api_name="ground",
             concurrency_limit=1,
             preprocess=False,  # see upload_path
-        ).then(timing_text, boxes, timing, api_visibility="private")
+        ).then(result_views, boxes, [notes, table, timing], api_visibility="private")
     demo.queue(max_size=64)
     return demo
 

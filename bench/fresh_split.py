@@ -23,6 +23,17 @@ from pathlib import Path
 from simvg.benchmark import save_table
 
 ROOT = Path(__file__).resolve().parents[1]
+SEED = 20261129  # no recipe, choice or test has drawn a split with this seed
+
+
+def generate_fresh_split(root: Path | str, seed: int = SEED, images: int = 1000, image_size: int = 256) -> Path:
+    """Write a SynthRef val split of ``images`` images drawn with ``seed`` under the data root
+    ``root`` (dataset "synthref", as `simvg synth --train 0 --val IMAGES --testA 0 --testB 0`
+    writes it); returns its instances.json."""
+    from simvg.data.synthref import generate_synthref
+
+    counts = {"train": 0, "val": images, "testA": 0, "testB": 0}
+    return generate_synthref(root, "synthref", counts, seed=seed, image_size=image_size)
 
 
 def simvg(*args: str) -> str:
@@ -33,7 +44,7 @@ def simvg(*args: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint directories; NAME:int8 evaluates with --int8")
-    parser.add_argument("--seed", type=int, default=20261129)
+    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--data-root", type=Path, help="evaluate on this data root's val split instead of a fresh one")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fresh_split.md")
@@ -43,8 +54,7 @@ def main() -> None:
             root, what = str(args.data_root), f"SynthRef val split of {args.data_root}"
         else:
             root, what = fresh, f"SynthRef val split generated with seed {args.seed} ({args.images} images)"
-            simvg("synth", "--out", root, "--name", "synthref", "--train", "0", "--val", str(args.images), "--testA",
-                  "0", "--testB", "0", "--seed", str(args.seed), "--image-size", "256")  # fmt: skip
+            generate_fresh_split(root, args.seed, args.images)
         lines = [f"{what}; token branch", "", "| checkpoint | expressions | Acc@0.5 |", "|---|---|---|"]
         for entry in args.checkpoints:
             checkpoint, _, mode = entry.partition(":")

@@ -1,12 +1,16 @@
 """Training and inference throughput, and model FLOP utilisation (MFU), of a recipe's model
-on a GPU: by default ViLT-B/32 at 384 px with SimVG's head (configs/refcoco_vilt.yaml), bf16.
+on a GPU, bf16: ViLT-B/32 at 384 px with SimVG's head (``--model vilt-b32``, the default:
+configs/refcoco_vilt.yaml) or SimVG's BEiT-3-B at 640 px, 32-px patches, 20 text tokens
+(``--model beit3-base``: the same recipe's head and training settings, the encoder replaced).
 
-    python bench/gpu_throughput.py [--config configs/refcoco_vilt.yaml] [--batch-sizes 32 128]
-        [--steps 20] [--peak-tflops T] [--compile] [--out bench/results/gpu_throughput.md]
+    python bench/gpu_throughput.py [--model vilt-b32|beit3-base] [--config CONFIG.yaml]
+        [--set KEY=VALUE ...] [--batch-sizes 32 128] [--steps 20] [--peak-tflops T] [--compile]
+        [--out bench/results/gpu_throughput.md]
 
-The model has random weights of the recipe's sizes (ViLT-B/32's: 768 wide, 12 layers; the
-hub's pretrained weights cost the same FLOPs) and the batches are synthetic and already on
-the device: this times the model, not the data pipeline (bench/train_speed.py times that).
+The model has random weights of the published sizes (ViLT-B/32's: 768 wide, 12 layers;
+BEiT-3-B's: 768 wide, 12 multiway layers, 64010 text rows; pretrained weights cost the same
+FLOPs); ``--set`` overrides apply after the model's own. The batches are synthetic and already
+on the device: this times the model, not the data pipeline (bench/train_speed.py times that).
 A training step is forward, the criterion, backward and the optimizer step under the
 recipe's autocast. FLOPs per step are counted by torch.utils.flop_counter on one step;
 MFU = counted FLOP/s / the GPU's dense bf16 peak (a table of known GPUs, or --peak-tflops).
@@ -30,10 +34,18 @@ from simvg.engine.optim import autocast, build_optimizer, resolve_amp
 from simvg.engine.tasks import GroundingLoss
 from simvg.models import GroundingCriterion, build_model
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VOCAB_SIZE = 30522  # BERT uncased, ViLT's
 # ViLT-B/32 (dandelin/vilt-b32-mlm): what the recipe's hub id holds.
 VILT_B32 = ["model.encoder.pretrained=null", "model.encoder.hidden_size=768", "model.encoder.num_layers=12",
             "model.encoder.num_heads=12", "model.encoder.intermediate_size=3072", "model.encoder.patch_size=32"]  # fmt: skip
+# SimVG's BEiT-3-B (configs/single/ViT-base): 640 px stretched, patch 32, 20 tokens, drop path 0.1.
+BEIT3_BASE = ["model.encoder.type=beit3", "model.encoder.pretrained=null", "model.encoder.preset=base",
+              "model.encoder.patch_size=32", "model.encoder.attention=sdpa", "model.encoder.dropout=0.0",
+              "model.encoder.drop_path=0.1", "model.image_size=640", "model.max_text_length=20"]  # fmt: skip
+# --model: (recipe, overrides, text vocabulary)
+MODELS = {"vilt-b32": (CONFIGS / "refcoco_vilt.yaml", VILT_B32, VOCAB_SIZE),
+          "beit3-base": (CONFIGS / "refcoco_vilt.yaml", BEIT3_BASE, 64010)}  # fmt: skip
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
                     "A100": 312.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0, "A10": 125.0}  # fmt: skip
@@ -93,13 +105,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(config, batch_size: int, args, device: torch.device) -> dict:
+def measure(config, batch_size: int, args, device: torch.device, vocab_size: int = VOCAB_SIZE) -> dict:
     """One batch size: training steps/s and FLOPs per step, inference (token branch) images/s."""
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_model(config.model, VOCAB_SIZE).to(device)
-    module = GroundingLoss(model, GroundingCriterion(config.loss)).train()
+    model = build_model(config.model, vocab_size).to(device)
+    module = GroundingLoss(model, GroundingCriterion(config.loss)).to(device).train()
     optimizer = build_optimizer(module, config.train)
     amp = resolve_amp(config.train.amp, device)
     step_module = torch.compile(module) if args.compile else module
@@ -146,9 +158,10 @@ def measure(config, batch_size: int, args, device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "refcoco_vilt.yaml")
-    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE",
-                        help="overrides (default: ViLT-B/32's sizes with random weights)")  # fmt: skip
+    parser.add_argument("--model", choices=list(MODELS), default="vilt-b32")
+    parser.add_argument("--config", type=Path, default=None, help="recipe (default: the model's, see MODELS)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides, after the model's own (random weights of its published sizes)")  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--text-tokens", type=int, default=20, help="phrase length incl. [CLS]/[SEP] (RefCOCO: ~10-20)")
     parser.add_argument("--steps", type=int, default=20)
@@ -156,25 +169,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step's module")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_throughput.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default bench/results/gpu_throughput.md, _beit3-base.md for BEiT-3)")  # fmt: skip
     args = parser.parse_args(argv)
+    recipe, model_overrides, vocab_size = MODELS[args.model]
+    if args.out is None:
+        suffix = "" if args.model == "vilt-b32" else f"_{args.model}"
+        args.out = Path(__file__).parent / "results" / f"gpu_throughput{suffix}.md"
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    config = load_config(args.config, VILT_B32 if args.set is None else args.set)
+    config = load_config(args.config or recipe, model_overrides + args.set)
+    encoder = config.model.encoder
     count_cpu_attention()
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak_text = "no peak given" if peak is None else f"dense bf16 peak {peak:g} TFLOP/s"
-    lines = [f"Device: {name} ({peak_text}), autocast {resolve_amp(config.train.amp, device)}, "
+    lines = [f"Model: {args.model} ({encoder.type} encoder, {encoder.preset or encoder.hidden_size}, patch "
+             f"{encoder.patch_size}, {encoder.attention} attention), random weights",
+             "",
+             f"Device: {name} ({peak_text}), autocast {resolve_amp(config.train.amp, device)}, "
              f"{config.model.image_size} px, {args.text_tokens} text tokens, compile {args.compile}",
              "",
              "| batch | train step ms | train images/s | GFLOP / step | TFLOP/s | MFU | inference images/s (token) "
              "| peak memory GiB |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for batch_size in args.batch_sizes:
-        r = measure(config, batch_size, args, device)
+        r = measure(config, batch_size, args, device, vocab_size)
         mfu = "–" if peak is None else f"{100 * r['tflops'] / peak:.3g}%"
         lines.append(f"| {r['batch']} | {r['step_ms']:.1f} | {r['train_images_s']:.0f} | {r['gflop_per_step']:.4g} | "
                      f"{r['tflops']:.4g} | {mfu} | {r['infer_images_s']:.0f} | "

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     train = load_records(args.data_root, args.dataset, "train", check_images=False)
-    rel = [[(r.box_xyxy[i] / (r.width if i % 2 == 0 else r.height)) for i in range(4)] for r in train]
+    rel = [[(r.single_box()[i] / (r.width if i % 2 == 0 else r.height)) for i in range(4)] for r in train]
     prior = [statistics.median(v[i] for v in rel) for i in range(4)]
 
     records = load_records(args.data_root, args.dataset, args.split, check_images=False)
@@ -50,7 +50,7 @@ def main() -> None:
         area = [(b[2] - b[0]) * (b[3] - b[1]) for b in objects]
         centre = [((b[0] + b[2]) / 2 - r.width / 2) ** 2 + ((b[1] + b[3]) / 2 - r.height / 2) ** 2 for b in objects]
         for _ in r.expressions:  # every expression counts once
-            gt.append(list(r.box_xyxy))
+            gt.append(list(r.single_box()))
             prior_boxes.append([prior[0] * r.width, prior[1] * r.height, prior[2] * r.width, prior[3] * r.height])
             largest.append(objects[max(range(len(objects)), key=area.__getitem__)])
             smallest.append(objects[min(range(len(objects)), key=area.__getitem__)])

@@ -2,7 +2,8 @@
 
 - cheap_conv:  Moonshine's cheap convolution blocks and in-place conversion of a model
 - wide_resnet: the CIFAR WideResNet of the Moonshine paper
-- losses:      KD, attention transfer, box distillation, learned feature mimicking
+- losses:      KD (masked classes allowed), attention transfer, box distillation, learned
+               feature mimicking
 - hints:       FitNets hint training: fit a student module's features to a teacher's first
 - one:         ONE, the on-the-fly native ensemble (gated branches + loss)
 - takfl:       TAKFL task arithmetic: task vectors, merging and choosing λ
@@ -23,9 +24,12 @@ from distill.losses import (
     attention_transfer_loss,
     box_distillation_loss,
     kd_loss,
+    mean_distribution_logits,
+    tempered_log_softmax,
 )
-from distill.one import ONE, ONEOutput, gated_ensemble, one_loss, sigmoid_rampup
+from distill.one import ONE, ONEOutput, gated_ensemble, one_kd_loss, one_loss, sigmoid_rampup
 from distill.takfl import (
+    heuristic_lambdas,
     merge_task_vectors,
     select_lambdas,
     self_regularised_kd_loss,
@@ -51,14 +55,18 @@ __all__ = [
     "fit_hints",
     "gated_ensemble",
     "get_module",
+    "heuristic_lambdas",
     "hint_loss",
     "kd_loss",
+    "mean_distribution_logits",
     "merge_task_vectors",
+    "one_kd_loss",
     "one_loss",
     "select_lambdas",
     "self_regularised_kd_loss",
     "sigmoid_rampup",
     "task_vector",
+    "tempered_log_softmax",
     "tune_lambdas",
     "uniform_lambdas",
     "wide_resnet",

@@ -1,4 +1,5 @@
-"""Distillation losses: logits (KD), attention maps (AT), boxes, and feature mimicking.
+"""Distillation losses: logits or any distribution (KD), attention maps (AT), boxes, and
+feature mimicking.
 
 Teacher inputs are always detached: gradients flow into the student (and the learned
 connector of ``FeatureMimic``) only.
@@ -14,25 +15,78 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
+# How far below its row's best a tempered logit may lie. Masked classes (-inf, or float32's
+# lowest as attention masks write them) are raised to this floor so that every KL stays
+# finite; a class e^-30 as likely as the best one weighs nothing measurable in any KL.
+MASKED_LOGIT_GAP = 30.0
+
+
+def tempered_log_softmax(logits: Tensor, temperature: float) -> Tensor:
+    """log softmax(logits / T) over the last dim, with masked classes floored.
+
+    Each row's tempered logits are raised to at least (its maximum - MASKED_LOGIT_GAP), the
+    floor itself detached: -inf or float32's lowest on a masked class becomes a probability
+    of about e^-30 instead of 0, so a KL between distributions that mask different classes
+    is finite (its gradient, softmax(s/T) - softmax(t/T) per class, never needed this), and
+    unmasked logits within the gap, all that ordinary logits ever span, are left unchanged.
+
+    Args:
+        logits: (..., C).
+        temperature: T > 0.
+
+    Returns:
+        (..., C) log-probabilities.
+    """
+    scaled = logits / temperature
+    floor = (scaled.amax(dim=-1, keepdim=True) - MASKED_LOGIT_GAP).detach()
+    return F.log_softmax(torch.maximum(scaled, floor), dim=-1)
+
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton's distillation loss T^2 * KL(softmax(t / T) || softmax(s / T)).
 
     Args:
         student_logits, teacher_logits: (B, C), or (..., C) where every leading position
-            counts as one sample.
+            counts as one sample. Masked classes (-inf or float32's lowest) are allowed in
+            either, also where the other does not mask them (see
+            :func:`tempered_log_softmax`).
         temperature: T > 0; the T^2 factor keeps gradient magnitudes comparable across T.
 
     Returns:
         Scalar: the KL summed over classes and averaged over samples ("batchmean").
     """
     num_classes = student_logits.shape[-1]
-    log_p_student = F.log_softmax(student_logits.reshape(-1, num_classes) / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(
-        teacher_logits.detach().reshape(-1, num_classes) / temperature, dim=-1
+    if teacher_logits.shape[-1] != num_classes:
+        raise ValueError(
+            f"kd_loss: student logits have {num_classes} classes, teacher logits "
+            f"{teacher_logits.shape[-1]}"
+        )
+    log_p_student = tempered_log_softmax(student_logits.reshape(-1, num_classes), temperature)
+    log_p_teacher = tempered_log_softmax(
+        teacher_logits.detach().reshape(-1, num_classes), temperature
     )
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
+
+
+def mean_distribution_logits(logits: Sequence[Tensor], temperature: float) -> Tensor:
+    """Logits whose tempered softmax is the mean of several models' tempered distributions.
+
+    T * log(mean_j softmax(logits_j / T)): passed to :func:`kd_loss` at the same T, the
+    target is the average of the models' distributions (a class any one of them keeps stays
+    possible, which averaged logits would lose where another model masks it).
+
+    Args:
+        logits: K tensors (..., C) of one shape; detached.
+        temperature: T > 0, the temperature of the KD loss that will read the result.
+
+    Returns:
+        (..., C) logits (-inf where every model masks a class).
+    """
+    if not logits:
+        raise ValueError("mean_distribution_logits needs at least one tensor of logits")
+    probs = torch.stack([F.softmax(t.detach().float() / temperature, dim=-1) for t in logits])
+    return probs.mean(dim=0).log() * temperature
 
 
 def attention_map(features: Tensor, size: tuple[int, int] | None = None) -> Tensor:

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses import kd_loss
+
 BranchOutput = Tensor | dict[str, Tensor]
 
 
@@ -121,6 +123,24 @@ class ONE(nn.Module):
         return ONEOutput(branches=outputs, gate=gate, ensemble=gated_ensemble(gate, outputs))
 
 
+def one_kd_loss(branch_logits: list[Tensor], ensemble_logits: Tensor, temperature: float = 3.0) -> Tensor:
+    """ONE's distillation term: T^2 * Σ_i KL(softmax(ens/T) || softmax(branch_i/T)).
+
+    The gated ensemble teaches every branch; it is a detached target here. Any distribution
+    works, not only class logits: e.g. each branch's attention logits over image cells, with
+    masked cells allowed (:func:`distill.losses.kd_loss`).
+
+    Args:
+        branch_logits: K tensors (B, C).
+        ensemble_logits: (B, C) the gate-weighted sum of the branch logits.
+        temperature: T (3 in the paper).
+
+    Returns:
+        Scalar, each KL with "batchmean" reduction (unweighted: the ramp-up is the caller's).
+    """
+    return sum(kd_loss(logits, ensemble_logits, temperature) for logits in branch_logits)
+
+
 def one_loss(
     branch_logits: list[Tensor],
     ensemble_logits: Tensor,
@@ -128,7 +148,7 @@ def one_loss(
     temperature: float = 3.0,
     kd_weight: float = 1.0,
 ) -> dict[str, Tensor]:
-    """ONE training loss, split into its named parts (sum them for the total).
+    """ONE training loss for classification, split into its named parts (sum them for the total).
 
     Args:
         branch_logits: K tensors (B, C).
@@ -141,24 +161,13 @@ def one_loss(
     Returns:
         {"loss_one_ce_branches": Σ_i CE(branch_i, y),
          "loss_one_ce_ensemble": CE(ensemble, y),
-         "loss_one_kd": kd_weight * T^2 * Σ_i KL(softmax(ens/T) || softmax(branch_i/T))},
-        KL with "batchmean" reduction.
+         "loss_one_kd": kd_weight * :func:`one_kd_loss`}.
     """
     ce_branches = sum(F.cross_entropy(logits, targets) for logits in branch_logits)
-    target = F.log_softmax(ensemble_logits.detach() / temperature, dim=-1)
-    kd = sum(
-        F.kl_div(
-            F.log_softmax(logits / temperature, dim=-1),
-            target,
-            reduction="batchmean",
-            log_target=True,
-        )
-        for logits in branch_logits
-    )
     return {
         "loss_one_ce_branches": ce_branches,
         "loss_one_ce_ensemble": F.cross_entropy(ensemble_logits, targets),
-        "loss_one_kd": kd * (kd_weight * temperature**2),
+        "loss_one_kd": one_kd_loss(branch_logits, ensemble_logits, temperature) * kd_weight,
     }
 
 

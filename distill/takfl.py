@@ -1,9 +1,11 @@
 """TAKFL-style task arithmetic over state dicts (Morafah et al., NeurIPS 2024).
 
 Distil the student separately from each teacher j, starting every time from the same
-weights θ₀, giving θ_j. The task vector τ_j = θ_j − θ₀ holds what teacher j taught; the
-merged student is θ₀ + Σ_j λ_j τ_j, with λ chosen on labelled validation data (uniform,
-the best of a few candidates, or tuned by gradient descent).
+weights θ₀, giving θ_j (each run: ``self_regularised_kd_loss``, no labels). The task vector
+τ_j = θ_j − θ₀ holds what teacher j taught; the merged student is θ₀ + Σ_j λ_j τ_j, with λ on
+the simplex chosen on labelled validation data: uniform, the best of the reference code's
+heuristic candidates (``heuristic_lambdas`` + ``select_lambdas``), or tuned by gradient
+descent (``tune_lambdas``).
 
 Only floating-point entries take part in the arithmetic; the others (e.g. BatchNorm's
 ``num_batches_tracked``) are copied from the start state.
@@ -19,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
+
+from distill.losses import kd_loss
 
 StateDict = Mapping[str, Tensor]
 
@@ -186,32 +190,50 @@ def self_regularised_kd_loss(
     start_logits: Tensor,
     temperature: float = 3.0,
     self_temperature: float = 20.0,
-    self_weight: float = 0.1,
+    self_weight: float = 0.01,
 ) -> Tensor:
     """TAKFL's per-teacher distillation loss for one student.
 
     T^2 · KL(softmax(t/T) || softmax(s/T))
       + self_weight · T_self^2 · KL(softmax(s0/T_self) || softmax(s/T_self)),
 
-    where s0 are the student's own predictions at its start weights θ₀ (the second term
-    keeps it from drifting away from what it already knew; the reference code scales it
-    by T_self^2 as well). KLs use "batchmean"; teacher and start logits are detached.
+    where s0 are the student's own predictions at its start weights θ₀ (the second term keeps
+    it from drifting away from what it already knew). Defaults are the reference code's
+    published runs: T = 3, T_self = 20, weight 0.01. KLs use "batchmean"; teacher and start
+    logits are detached; masked classes are allowed (:func:`distill.losses.kd_loss`).
 
     Args:
         student_logits, teacher_logits, start_logits: (B, C).
     """
-
-    def kl(s: Tensor, t: Tensor, temp: float) -> Tensor:
-        return (
-            F.kl_div(
-                F.log_softmax(s / temp, dim=-1),
-                F.log_softmax(t.detach() / temp, dim=-1),
-                reduction="batchmean",
-                log_target=True,
-            )
-            * temp**2
-        )
-
-    return kl(student_logits, teacher_logits, temperature) + self_weight * kl(
+    return kd_loss(student_logits, teacher_logits, temperature) + self_weight * kd_loss(
         student_logits, start_logits, self_temperature
     )
+
+
+# The reference code's heuristic raises Beta(1, 100) draws to these powers before normalising:
+# from spread-out weights (1) to nearly all weight on one task vector (10).
+HEURISTIC_EXPONENTS = (1, 5, 10)
+
+
+def heuristic_lambdas(k: int, per_exponent: int, seed: int = 0) -> list[list[float]]:
+    """TAKFL's candidate λ: uniform, then ``per_exponent`` random points of the simplex for
+    each of :data:`HEURISTIC_EXPONENTS` (Beta(1, 100) draws to that power, normalised).
+
+    The reference code sorts each draw ascending, putting the largest weight on the last
+    task vector (its teachers are ordered by size); these are left in draw order, so every
+    teacher is as likely to get it. Deterministic for a given ``seed``.
+
+    Returns:
+        1 + 3 * per_exponent lists of k non-negative floats summing to 1 (up to rounding).
+    """
+    if k < 1 or per_exponent < 0:
+        raise ValueError(f"heuristic_lambdas needs k >= 1 and per_exponent >= 0, got {k} and {per_exponent}")
+    generator = torch.Generator().manual_seed(seed)
+    candidates = [uniform_lambdas(k)]
+    for exponent in HEURISTIC_EXPONENTS:
+        for _ in range(per_exponent):
+            # Beta(1, b) by its inverse CDF: 1 - (1 - u)^(1/b) for u uniform on [0, 1).
+            u = torch.rand(k, generator=generator, dtype=torch.float64).clamp_min(1e-12)
+            draw = (1.0 - (1.0 - u) ** (1.0 / 100.0)) ** exponent
+            candidates.append((draw / draw.sum()).tolist())
+    return candidates

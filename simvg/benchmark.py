@@ -86,7 +86,7 @@ def benchmark_inference(
             "encoder": lambda inputs=inputs: model.encoder(*inputs),
             "token": lambda inputs=inputs: model(*inputs, use_decoder=False),
         }
-        if getattr(model, "decoder_branch", None) is not None:
+        if model.config.head.use_decoder:
             modes["decoder"] = lambda inputs=inputs: model(*inputs, use_decoder=True)
         times = take_turns(modes, seconds, min_calls)
         for mode, measured in times.items():

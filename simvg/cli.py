@@ -1,4 +1,5 @@
-"""The ``simvg`` command: synth | train | eval | predict | distill | bench | export."""
+"""The ``simvg`` command: synth | train | eval | predict | distill | bench | export | check-data | convert |
+import-official."""
 
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ def probability(text: str) -> float:
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate the SynthRef benchmark in the SimVG layout")
     p.add_argument("--out", required=True, help="data root to write (annotations/ and images/)")
-    p.add_argument("--name", default="synthref", help="dataset name (default: synthref)")
+    p.add_argument("--name", help="dataset name (default: synthref, or synthref-g with --generalized)")
     for split, default in zip(SPLITS, (8000, 1000, 500, 500)):
         p.add_argument(f"--{split}", type=int, default=default, help=f"images in {split} (default {default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--workers", type=int, default=1, help="processes used to render (default 1)")
+    p.add_argument("--generalized", action="store_true",
+                   help="SynthRef-G: also phrases that denote several objects or none (docs/synthref-g.md)")  # fmt: skip
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -131,10 +134,43 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="keep only token branch N of a ONE (multi-branch) head; drop the others and the gate")  # fmt: skip
 
 
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="check a data root: annotations, splits, every image and box")
+    p.add_argument("data_root")
+    p.add_argument("--dataset", action="append", help="check only this dataset (repeatable; default: all)")
+    p.add_argument("--split", action="append", help="check only this split (repeatable; default: all)")
+    p.add_argument("--image-root", help="images folder (default DATA_ROOT/images)")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read image headers (and PNG checksums) instead of decoding every image")  # fmt: skip
+    p.add_argument("--max-problems", type=positive_int, default=50, help="problems listed (default 50)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="your images, boxes and phrases (JSON lines) -> the SimVG data layout")
+    p.add_argument("--phrases", required=True, metavar="FILE.jsonl",
+                   help='lines {"image": NAME, "box": [x, y, w, h], "phrase": "...", "split": "train"} '
+                        'or {"ann_id": ID, "phrase": "...", "split": "val"} with --coco')  # fmt: skip
+    p.add_argument("--images", required=True, help="folder holding the images (NAME is relative to it)")
+    p.add_argument("--coco", metavar="instances.json", help="COCO annotations that ann_id refers to")
+    p.add_argument("--out", required=True, help="data root to write (annotations/NAME, images/NAME)")
+    p.add_argument("--name", required=True, help="dataset name (the --dataset / data.dataset to train on)")
+    p.add_argument("--box-format", choices=["xywh", "xyxy"], default="xywh",
+                   help="'box' as COCO [x, y, w, h] (default) or corners [x0, y0, x1, y1], in pixels")  # fmt: skip
+    p.add_argument("--copy", action="store_true", help="copy the images used (default: link the image folder)")
+def _add_import_official(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-official", help="turn a SimVG release (.pth) into a checkpoint directory")
+    p.add_argument("source", help="SimVG's released torch file (e.g. det_best.pth)")
+    p.add_argument("output", help="checkpoint directory to write")
+    p.add_argument("--tokenizer", required=True, metavar="PATH.spm", help="BEiT-3's sentencepiece model (beit3.spm)")
+    p.add_argument("--ema", action="store_true", help="take the file's EMA weights (ema_state_dict)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simvg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export):
+    for add in (_add_synth, _add_train, _add_eval, _add_predict, _add_distill, _add_bench, _add_export,
+                _add_check_data, _add_convert, _add_import_official):  # fmt: skip
         add(sub)
     return parser
 

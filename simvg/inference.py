@@ -60,7 +60,7 @@ class Grounder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.meta = meta or {}
-        self.preprocessor = Preprocessor(tokenizer, config.model.image_size, config.model.max_text_length)
+        self.preprocessor = Preprocessor(tokenizer, config.model.image_size, config.model.max_text_length, resize=config.model.resize)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.default_branch = "token"
         self.quantization: str | None = None

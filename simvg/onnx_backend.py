@@ -345,7 +345,13 @@ def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backb
     ``meta``, plus an ``onnx`` entry), the tokenizer files, model.onnx [and model.int8.onnx].
     Returns the ``onnx`` entry (opset, branches, files, checked box difference)."""
     from simvg.config import to_dict
-    from simvg.engine.checkpoint import CONFIG_FILE, FORMAT_VERSION, write_atomically
+    from simvg.engine.checkpoint import (
+        CONFIG_FILE,
+        FORMAT_VERSION,
+        portable_backbone_config,
+        write_atomically,
+    )
+    from simvg.models.pretrained import save_tokenizer
 
     _require_exporter()
     if decoder and getattr(model, "decoder_branch", None) is None:
@@ -362,10 +368,11 @@ def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backb
         info.update({"opset": ONNX_OPSET, "branches": ["token", "decoder"] if decoder else ["token"], "files": files,
                      "checked_box_difference_px": round(worst, 4)})  # fmt: skip
         kept = {k: v for k, v in meta.items() if k not in ("config", "backbone_config", "vocab_size", "format_version", "onnx")}
-        data = {"format_version": FORMAT_VERSION, "config": to_dict(config), "backbone_config": backbone_config,
+        backbone = portable_backbone_config(backbone_config, config.model.encoder.pretrained)
+        data = {"format_version": FORMAT_VERSION, "config": to_dict(config), "backbone_config": backbone,
                 "vocab_size": len(tokenizer), **kept, "onnx": info}  # fmt: skip
         (tmp / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
 
     write_atomically(Path(directory), write)
     return info

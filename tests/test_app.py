@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib import cbook
 from PIL import Image
 
 from simvg import Grounder
@@ -92,6 +93,14 @@ def images(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(scene(2300, 60)).save(paths["huge"])
     paths["empty"].write_bytes(b"")
     paths["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not really a PNG" * 10)
+    # A real photograph (Grace Hopper, shipped with matplotlib, a dependency).
+    paths["photo"] = folder / "grace_hopper.jpg"
+    paths["photo"].write_bytes(Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes())
+    # 12000 x 12000 pixels (144 megapixels: Pillow's own limit would warn of a "decompression bomb").
+    giant = Image.new("1", (12000, 12000))
+    giant.paste(1, (1000, 2000, 5000, 4000))
+    paths["giant"] = folder / "giant.png"
+    giant.save(paths["giant"])
     # The source modes the tests rely on.
     assert Image.open(paths["grey"]).mode == "L"
     assert Image.open(paths["rgba"]).mode == "RGBA"
@@ -175,10 +184,54 @@ def test_parse_phrases(app):
 
 
 @pytest.mark.parametrize(("kind", "words"), [("empty", "empty (0 bytes)"), ("corrupt", "not a supported image")])
-def test_unreadable_files_are_a_clear_error(app, cache, images, kind, words):
-    message = gr_error_message(app.ground, str(images[kind]), "the red circle", "tiny", "token", cache)
-    assert message.startswith("Cannot read this image") and words in message
-    assert "Traceback" not in message
+def test_unreadable_files_are_a_clear_error_naming_the_users_file(app, cache, images, kind, words):
+    # The server holds the upload under a temporary name; the message names the user's own file.
+    message = gr_error_message(app.ground, str(images[kind]), "the red circle", "tiny", "token", cache, "holiday.png")
+    assert message.startswith("Cannot read this image (holiday.png)") and words in message
+    assert "Traceback" not in message and str(images[kind].parent) not in message
+
+
+def test_a_photograph_is_flagged_and_synthref_scenes_are_not(app, cache, images):
+    # The shipped kind of model knows SynthRef only: on a photo the page says its boxes mean nothing.
+    _, payload = app.ground(str(images["photo"]), "the woman\nher tie", "tiny", "token", cache)
+    assert payload["notes"] == [app.PHOTO_WARNING]
+    assert "does not look like SynthRef" in app.notes_text(payload)
+    for example, _ in app.example_rows():
+        assert app.looks_like_synthref(np.asarray(Image.open(example).convert("RGB"))), example
+    grey = np.asarray(Image.open(images["photo"]).convert("L").convert("RGB"))
+    assert not app.looks_like_synthref(grey) and not app.looks_like_synthref(scene(200, 120) // 2 + 60)
+
+
+def test_a_12000_pixel_image_is_downscaled_and_grounded_with_our_note(app, cache, images, recwarn):
+    annotated, payload = app.ground(str(images["giant"]), "the white box", "tiny", "token", cache)
+    assert payload["image_size"] == [12000, 12000] and max(annotated.size) == 2048
+    assert_box_in_image(payload["boxes"][0]["box"], 12000, 12000)
+    assert any("'giant.png' is 12000 × 12000 pixels: it is drawn at 2048 × 2048" in note for note in payload["notes"])
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "decompression" not in json.dumps(payload).lower()
+
+
+def test_a_too_large_image_gets_our_message(app, cache, images, monkeypatch):
+    from simvg.data import images as simvg_images
+
+    monkeypatch.setattr(simvg_images, "MAX_PIXELS", 50_000_000)  # simvg's own limit, checked from the header
+    message = gr_error_message(app.ground, str(images["giant"]), "x", "tiny", "token", cache, "scan.png")
+    assert message == ("'scan.png' is 12000 × 12000 pixels: too large: the demo reads images up to 50 megapixels "
+                       "(e.g. 7071 × 7071). Downscale it and upload it again.")  # fmt: skip
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)  # Pillow refuses beyond twice its own limit
+    message = gr_error_message(app.ground, str(images["giant"]), "x", "tiny", "token", cache, "scan.png")
+    assert message.startswith("'scan.png' is too large") and "DOS" not in message and "bomb" not in message
+
+
+def test_the_boxes_table_shows_numbers_per_phrase_and_no_match(app, cache, images):
+    _, payload = app.ground(str(images["rgb"]), TWO_PHRASES, "tiny", "token", cache)
+    table = app.result_table(payload)
+    for found in payload["boxes"]:
+        row = "".join(f"<td>{v:.1f}</td>" for v in found["box"]) + f"<td>{found['score']:.2f}</td>"
+        assert row in table and found["text"] in table
+    assert "Array" not in table and "(200 × 120)" in table
+    payload["phrases"][1]["boxes"] = []  # a phrase with no box (generalized grounding)
+    assert '<td colspan="5">no match</td>' in app.result_table(payload)
 
 
 @pytest.mark.parametrize("kind", ["grey", "rgba", "cmyk", "png16", "exif", "huge"])
@@ -290,6 +343,7 @@ def test_examples_are_valid_and_regenerate_exactly(app, cache, tmp_path):
         assert 1 <= len(phrases) <= 3 and all(p.strip() == p and p for p in phrases)
         _, payload = app.ground(image_path, text, "tiny", "token", cache)
         assert [b["text"] for b in payload["boxes"]] == phrases
+        assert payload["notes"] == []  # a SynthRef scene: nothing to warn about
     spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -311,7 +365,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """``python app.py --checkpoint <tiny> --port <free>``; yields (url, port, process)."""
+    """``python app.py --checkpoint <tiny> --port <free>``; yields (url, port, process, log file)."""
     port = free_port()
     log = tmp_path_factory.mktemp("app_server") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -334,7 +388,7 @@ def server(checkpoint, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"app.py did not answer on {url} within 120 s:\n{log.read_text()}")
             time.sleep(0.5)
-        yield url, port, process
+        yield url, port, process, log
     finally:
         process.terminate()
         try:
@@ -386,8 +440,18 @@ def test_client_errors_carry_the_apps_message(app, client, images):
     for kind, words in [("empty", "empty (0 bytes)"), ("corrupt", "not a supported image")]:
         with pytest.raises(AppError) as info:
             client.predict(handle_file(str(images[kind])), "the red circle", api_name="/ground")
-        assert str(info.value).startswith("Cannot read this image") and words in str(info.value), kind
+        assert str(info.value).startswith(f"Cannot read this image ({kind}.png)") and words in str(info.value), kind
         assert "Could not preprocess" not in str(info.value)
+        assert "simvg-gradio" not in str(info.value) and "/tmp" not in str(info.value)  # no server path
+
+
+def test_client_giant_image_is_grounded_without_pillows_warning(client, server, images):
+    from gradio_client import handle_file
+
+    _, payload = client.predict(handle_file(str(images["giant"])), "the white box", api_name="/ground")
+    assert payload["image_size"] == [12000, 12000]
+    assert any("'giant.png' is 12000 × 12000 pixels" in note for note in payload["notes"])
+    assert "decompression bomb" not in server[3].read_text().lower()
 
 
 def test_concurrent_identical_requests_all_get_complete_images(server, images, tmp_path):
@@ -434,44 +498,63 @@ def test_server_binds_localhost_only(server):
 # ----------------------------------------------------------------------------- the browser
 
 
+def screenshot_module():
+    spec = importlib.util.spec_from_file_location("app_screenshot", ROOT / "bench" / "app_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.browser
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_browser_end_to_end(server, grounder, images):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make browser) for the end-to-end test")
     from playwright.sync_api import sync_playwright
 
+    shots = screenshot_module()
     upload = images["rgb"].with_name("browser_upload_scene.png")
-    upload.write_bytes(images["rgb"].read_bytes())
-    phrase = "the red square"
-    want = grounder.predict(str(upload), phrase)
+    upload.write_bytes(shots.DEFAULT_IMAGE.read_bytes())  # a SynthRef scene, uploaded
+    phrases = ["cyan circle", "the orange circle"]
+    want = grounder.predict(str(upload), phrases)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(30_000)
-            page.goto(server[0])
-            file_input = page.locator("input[type=file]")
-            file_input.wait_for(state="attached")
-            file_input.set_input_files(str(upload))
-            page.locator(f'img[src*="{upload.stem}"]').wait_for(state="visible")  # uploaded
-            page.get_by_label("Phrases (one per line)").fill(phrase)
-            page.get_by_role("button", name="Ground").click()
-            page.locator("#grounded-image img").wait_for(state="visible")
-            holder = page.locator("#boxes .json-holder")
-            holder.wait_for()
-            page.wait_for_function("document.querySelector('#boxes .json-holder').innerText.includes('inference_ms')")
-            for _ in range(10):  # the JSON view starts with nested arrays collapsed
-                collapsed = page.locator('#boxes button[aria-label="Expand"]')
-                if collapsed.count() == 0:
-                    break
-                collapsed.first.click()
-            payload = json.loads("".join(line.strip() for line in holder.inner_text().splitlines()))
+            # An upload and two phrases: the table holds each box as numbers.
+            rows = shots.ground_in_browser(page, server[0], upload, phrases)
             page.screenshot(path=str(ARTIFACTS / "app_e2e.png"), full_page=True)
+            assert "Array(" not in page.locator("body").inner_text()
+            assert page.locator("#notes").inner_text().strip() == ""  # a SynthRef scene: no warning
+            # A real photograph: the page says this model knows SynthRef only.
+            photo_rows = shots.ground_in_browser(page, server[0], images["photo"], ["the woman"])
+            page.locator("#notes", has_text="does not look like SynthRef").wait_for()
+            page.screenshot(path=str(ARTIFACTS / "app_e2e_photo.png"), full_page=True)
+            assert "real photographs" in page.locator("#model-card").inner_text()
+            # A SynthRef example, picked from the examples: grounded, no warning.
+            page.get_by_text("the blue triangle").first.click()
+            page.wait_for_function("document.querySelector('textarea').value.startsWith('the blue triangle')")
+            page.get_by_role("button", name="Ground", exact=True).click()
+            page.locator("#boxes-table td", has_text="the lower of the two big blue shapes").wait_for()
+            page.wait_for_function("document.querySelector('#notes').innerText.trim() === ''")
         finally:
             browser.close()
-    assert payload["image_size"] == [200, 120]
-    assert len(payload["boxes"]) == 1 and payload["boxes"][0]["text"] == phrase
-    assert payload["boxes"][0]["box"] == pytest.approx(want.box, abs=1.0)
-    assert (ARTIFACTS / "app_e2e.png").stat().st_size > 0
+    assert [row[1] for row in rows] == phrases and [row[0] for row in rows] == ["1", "2"]
+    for row, result in zip(rows, want):
+        assert [float(v) for v in row[2:6]] == pytest.approx(result.box, abs=0.06)  # shown to 0.1 pixel
+        assert float(row[6]) == pytest.approx(result.score, abs=0.006)
+    assert len(photo_rows) == 1 and (ARTIFACTS / "app_e2e.png").stat().st_size > 0
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(240)
+def test_the_screenshot_script_captures_the_app(server, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make browser) for the end-to-end test")
+    shots = screenshot_module()
+    out = tmp_path / "demo.png"
+    rows = shots.capture(server[0], shots.DEFAULT_IMAGE, shots.DEFAULT_PHRASES, out)
+    assert [row[1] for row in rows] == shots.DEFAULT_PHRASES
+    with Image.open(out) as image:
+        assert image.size == (1280, 900)

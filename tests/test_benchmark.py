@@ -1,6 +1,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from simvg.benchmark import take_turns
@@ -16,7 +17,8 @@ def test_calls_take_turns_one_call_at_a_time():
     assert all(t >= 0 for t in times["a"] + times["b"])
 
 
-def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
+@pytest.mark.parametrize("model", ["vilt-b32", "beit3-base"])
+def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path, model):
     # The GPU bench runs here on the CPU with a tiny transformer, so that a lent GPU's time is
     # never spent on a broken script.
     spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "bench" / "gpu_throughput.py")
@@ -25,8 +27,11 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
     out = tmp_path / "gpu.md"
     tiny = ["model.encoder.pretrained=null", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
             "model.encoder.num_heads=2", "model.encoder.intermediate_size=64", "model.image_size=64"]  # fmt: skip
-    bench.main(["--set", *tiny, "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
-                "--peak-tflops", "0.001", "--out", str(out)])  # fmt: skip
+    if model == "beit3-base":
+        tiny.append("model.encoder.preset=null")  # BEiT-3 (patch 32, 20 tokens) at tiny sizes
+    bench.main(["--model", model, "--set", *tiny, "--batch-sizes", "1", "2", "--steps", "1", "--warmup", "0",
+                "--device", "cpu", "--peak-tflops", "0.001", "--out", str(out)])  # fmt: skip
+    assert f"Model: {model} ({'beit3' if model == 'beit3-base' else 'vilt'} encoder" in out.read_text()
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| 1 |") or
             line.startswith("| 2 |")]  # fmt: skip
     assert len(rows) == 2
@@ -40,3 +45,27 @@ def test_gpu_throughput_bench_counts_flops_per_step_and_mfu(tmp_path):
     assert bench.peak_for_name("NVIDIA L4") == 121.0 and bench.peak_for_name("NVIDIA L40S") == 362.1
     assert bench.peak_for_name("NVIDIA GeForce GTX 1080") is None
     assert bench.peak_for_name("NVIDIA L40") == 181.0 and bench.peak_for_name("NVIDIA A10G") is None
+
+
+def test_score_ranking_bench_counts_right_wrong_and_no_target_answers():
+    spec = importlib.util.spec_from_file_location("score_ranking", ROOT / "bench" / "score_ranking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    box, far = [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]
+
+    def row(scores, boxes, gt):
+        return {"pred_scores": scores, "pred_boxes": boxes, "gt_boxes": gt}
+
+    rows = [
+        row([0.9], [box], [box]),  # right, 0.9
+        row([0.8, 0.95], [far, box], [box]),  # right: the answer is the top-scoring box
+        row([0.7], [far], [box]),  # wrong box, 0.7
+        row([0.3], [box], []),  # no target, 0.3
+        row([0.92], [box], []),  # no target, 0.92
+    ]
+    report = bench.ranking_report(rows, num_bins=5)
+    assert (report["count"], report["right"], report["wrong_box"], report["no_target"]) == (5, 2, 1, 2)
+    # Right scores 0.9, 0.95 against 0.7, 0.3, 0.92: 5 of 6 pairs ordered.
+    assert report["auroc"] == 5 / 6
+    assert report["auroc_vs_wrong_box"] == 1.0 and report["auroc_vs_no_target"] == 3 / 4
+    assert sum(b["count"] for b in report["bins"]) == 5

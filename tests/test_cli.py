@@ -45,7 +45,8 @@ def test_eval_json_and_saved_predictions(tiny_checkpoint, synthref_root, tmp_pat
     expected = 100 * sum(r["iou"] >= 0.5 for r in token_rows) / len(token_rows)
     assert metrics["token"]["acc@0.5"] == pytest.approx(expected)
     assert set(metrics["token"]["per_type"]) <= {"attribute", "location", "relation", "comparison"}
-    assert {"expression", "pred_box", "gt_box", "iou", "score"} <= set(rows[0])
+    assert {"expression", "pred_box", "gt_box", "iou", "score", "official_iou", "pred_boxes", "gt_boxes"} <= set(rows[0])
+    assert 0 <= metrics["token"]["official_acc@0.5"] <= 100 and metrics["token"]["official_batch_size"] == 64
     # Every expression of the split is counted once.
     data = json.loads((synthref_root / "annotations" / "synthref" / "instances.json").read_text())
     assert len(token_rows) == sum(len(r["expressions"]) for r in data["val"])
@@ -57,6 +58,7 @@ def test_eval_single_branch_text_output(tiny_checkpoint, synthref_root, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "[token] Acc@0.5" in out and "[decoder]" not in out
+    assert "SimVG's protocol (IoU in the resized frame, mean of per-batch accuracies, batch 64): Acc@0.5" in out
     assert "relation" in out or "comparison" in out
 
 

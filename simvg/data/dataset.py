@@ -17,9 +17,10 @@ from simvg.data.records import GroundingRecord
 from simvg.data.transforms import (
     Letterbox,
     build_train_augmentation,
-    letterbox_resize,
+    large_scale_jitter,
     original_to_letterbox,
     pad_to_square,
+    resize_for_model,
     swap_left_right,
 )
 
@@ -35,7 +36,10 @@ class Sample:
     image: (3, S, S) uint8 letterboxed image (normalisation happens in the model).
     pixel_mask: (S, S) bool, True on image pixels, False on padding.
     input_ids: token ids with [CLS]/[SEP], at most max_text_length.
-    target: (4,) normalised cx, cy, w, h in the letterbox frame, or None at inference.
+    target: (4,) normalised cx, cy, w, h in the letterbox frame when the phrase has exactly one
+        target; None when it has none or several, and at inference.
+    target_set: (n, 4) normalised cx, cy, w, h in the letterbox frame, every target of the
+        phrase after the same geometry as ``target`` (n = 0: it names nothing); None at inference.
     """
 
     image: torch.Tensor
@@ -45,15 +49,23 @@ class Sample:
     letterbox: Letterbox
     phrase: str
     meta: dict[str, Any]
+    target_set: torch.Tensor | None = None
 
 
 class Preprocessor:
-    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference."""
+    """Turns (image, phrase[, box]) into a :class:`Sample`; shared by training and inference.
 
-    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None):
+    resize: "letterbox" or "stretch" (``model.resize``): how the image becomes the S x S input.
+    augment: training augmentation (None at evaluation and inference).
+    """
+
+    def __init__(self, tokenizer, image_size: int, max_text_length: int, augment: AugmentConfig | None = None,
+                 resize: str = "letterbox"):  # fmt: skip
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.max_text_length = max_text_length
+        self.resize = resize
+        self.augment = augment
         self.augmentation = build_train_augmentation(image_size, augment) if augment is not None else None
 
     def tokenize(self, phrase: str, warn: bool = False) -> list[int]:
@@ -80,44 +92,66 @@ class Preprocessor:
         meta: dict[str, Any] | None = None,
         landmark_xyxy: Sequence[float] | None = None,
         scene_objects: Sequence[tuple[Sequence[float], Any]] | None = None,
+        boxes_xyxy: Sequence[Sequence[float]] | None = None,
     ) -> Sample:
-        """``landmark_xyxy`` (optional, training): pixels of the object the phrase relates its
-        target to; its normalised (cx, cy) after the same geometry lands in ``meta["landmark"]``
-        (absent when augmentation crops it away). ``scene_objects`` (optional, training): every
-        annotated object as (xyxy pixels, category); those left in the image after the same
-        geometry land in ``meta["objects"]`` as (cx, cy normalised, category)."""
+        """``box_xyxy`` (one target) or ``boxes_xyxy`` (every target, possibly none): pixels of
+        the original image; neither at inference. With augmentation, a crop keeps every target
+        in view (a phrase with no target keeps the whole image); if the augmentation cannot
+        keep them all, the sample is not augmented. ``landmark_xyxy`` (optional, training):
+        pixels of the object the phrase relates its target to; its normalised (cx, cy) after
+        the same geometry lands in ``meta["landmark"]`` (absent when augmentation crops it
+        away). ``scene_objects`` (optional, training): every annotated object as (xyxy pixels,
+        category); those left in the image after the same geometry land in ``meta["objects"]``
+        as (cx, cy normalised, category)."""
+        if box_xyxy is not None and boxes_xyxy is not None:
+            raise ValueError("give box_xyxy (one target) or boxes_xyxy (every target), not both")
+        if box_xyxy is not None:
+            boxes_xyxy = [box_xyxy]
         size = self.image_size
         meta = dict(meta or {})
-        resized, letterbox = letterbox_resize(image.pixels, image.width, image.height, size)
-        target_xyxy = original_to_letterbox(tuple(box_xyxy), letterbox) if box_xyxy is not None else None
+        resized, letterbox = resize_for_model(image.pixels, image.width, image.height, size, self.resize)
+        targets = [original_to_letterbox(tuple(b), letterbox) for b in boxes_xyxy] if boxes_xyxy is not None else None
         landmark = original_to_letterbox(tuple(landmark_xyxy), letterbox) if landmark_xyxy is not None else None
         scene = [(original_to_letterbox(tuple(box), letterbox), category) for box, category in scene_objects or []]
+        if self.augmentation is not None and self.augment.mode == "lsj" and boxes_xyxy is not None:
+            # An independent stream from the one the albumentations steps draw from `seed`.
+            rng = np.random.default_rng([seed if seed is not None else 0, 1])
+            jittered = self._jitter(image, boxes_xyxy, landmark_xyxy, scene_objects, rng)
+            if jittered is not None:
+                resized, targets, landmark, scene = jittered
         augmented = None
-        if self.augmentation is not None and target_xyxy is not None:
+        if self.augmentation is not None and targets is not None:
             self.augmentation.set_random_seed(seed if seed is not None else 0)
             h, w = resized.shape[:2]
-            boxes = [_clip(target_xyxy, w, h)] + ([_clip(landmark, w, h)] if landmark is not None else [])
+            # The box whose mapping moves the scene objects: the first target, or (no target)
+            # the whole image, which also keeps a crop from cutting anything away.
+            anchor = _clip(targets[0], w, h) if targets else [0.0, 0.0, float(w), float(h)]
+            boxes = [anchor] + [_clip(t, w, h) for t in targets[1:]]
+            if landmark is not None:
+                boxes.append(_clip(landmark, w, h))
             out = self.augmentation(image=resized, mask=np.ones((h, w), np.uint8), bboxes=boxes,
                                     labels=list(range(len(boxes))))  # fmt: skip
-            kept = {int(label): box for label, box in zip(out["labels"], out["bboxes"])}
-            if 0 in kept:
+            kept = {int(label): [float(v) for v in box] for label, box in zip(out["labels"], out["bboxes"])}
+            n_kept = max(len(targets), 1)  # the targets, or the whole-image anchor
+            if all(k in kept for k in range(n_kept)):
                 augmented = out
-                landmark = kept.get(1)
+                landmark = kept.get(n_kept) if landmark is not None else None
         if augmented is not None:
             pixels, mask = augmented["image"], augmented["mask"].astype(bool)
             flipped = any(name == "HorizontalFlip" for name, _ in augmented["applied_transforms"])
             if flipped:
                 phrase = swap_left_right(phrase)
             # The scene's objects are not given to the box-safe crop (it would keep them all in
-            # view); they follow the target's own (axis-aligned) mapping instead.
-            scene = follow_box(scene, boxes[0], [float(v) for v in kept[0]], flipped, mask)
-            target_xyxy = [float(v) for v in kept[0]]
+            # view); they follow the anchor's own (axis-aligned) mapping instead.
+            scene = follow_box(scene, boxes[0], kept[0], flipped, mask)
+            targets = [kept[k] for k in range(len(targets))]
         else:
             pixels, mask = pad_to_square(resized, size)
-        target = None
-        if target_xyxy is not None:
-            x0, y0, x1, y1 = target_xyxy
-            target = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dtype=torch.float32) / size
+        target_set = None
+        if targets is not None:
+            xyxy = torch.tensor(targets, dtype=torch.float64).reshape(-1, 4)
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+            target_set = cxcywh.float() / size
         if landmark is not None:
             meta["landmark"] = ((landmark[0] + landmark[2]) / (2 * size), (landmark[1] + landmark[3]) / (2 * size))
         if scene_objects is not None:
@@ -126,11 +160,47 @@ class Preprocessor:
             image=torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
             pixel_mask=torch.from_numpy(mask),
             input_ids=self.tokenize(phrase, warn=warn_truncation),
-            target=target,
+            target=target_set[0] if target_set is not None and len(target_set) == 1 else None,
             letterbox=letterbox,
             phrase=phrase,
             meta=meta,
+            target_set=target_set,
         )
+
+    def _jitter(
+        self,
+        image: LoadedImage,
+        boxes_xyxy: Sequence[Sequence[float]],
+        landmark_xyxy: Sequence[float] | None,
+        scene_objects: Sequence[tuple[Sequence[float], Any]] | None,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, list[list[float]], list[float] | None, list] | None:
+        """:func:`large_scale_jitter` then the model's resize: the resized image and the
+        targets, landmark and scene boxes in it (a landmark cropped away is None, scene objects
+        whose centre is cropped away are dropped); None if a target did not survive (then the
+        sample goes unjittered). The crop is chosen to keep the box around all the targets
+        (SimVG's LargeScaleJitter has one target), or any part of a phrase without one."""
+        size = self.image_size
+        if boxes_xyxy:
+            anchor = [min(b[0] for b in boxes_xyxy), min(b[1] for b in boxes_xyxy),
+                      max(b[2] for b in boxes_xyxy), max(b[3] for b in boxes_xyxy)]  # fmt: skip
+        else:
+            anchor = [0.0, 0.0, float(image.width), float(image.height)]
+        jittered, jitter = large_scale_jitter(image.pixels, image.width, image.height, size, anchor,
+                                              self.augment.scale, rng)  # fmt: skip
+        resized, second = resize_for_model(jittered, jitter.width, jitter.height, size, self.resize)
+
+        def place(box: Sequence[float] | None) -> list[float] | None:
+            inside = jitter.box(box) if box is not None else None
+            return original_to_letterbox(tuple(inside), second) if inside is not None else None
+
+        targets = [place(box) for box in boxes_xyxy]
+        if any(target is None for target in targets):
+            return None
+        # As with the zoom, an object stays in the scene while its centre is in view.
+        scene = [(placed, category) for box, category in scene_objects or []
+                 if jitter.holds_centre(box) and (placed := place(box)) is not None]  # fmt: skip
+        return resized, targets, place(landmark_xyxy), scene
 
 
 def follow_box(
@@ -239,7 +309,7 @@ class GroundingDataset(Dataset):
         return self.preprocessor(
             image,
             record.expressions[expression_index],
-            record.box_xyxy,
+            boxes_xyxy=record.boxes_xyxy,
             seed=seed if self.train else None,
             meta=meta,
             landmark_xyxy=record.landmark_box(expression_index) if self.landmarks else None,
@@ -300,7 +370,9 @@ class Batch:
     """A collated batch.
 
     images: (B, 3, S, S) uint8; pixel_mask: (B, S, S) bool; input_ids, text_mask: (B, L);
-    targets: (B, 4) normalised cx, cy, w, h, or None.
+    targets: (B, 4) normalised cx, cy, w, h when every sample has exactly one target, else None.
+    target_sets: B tensors (n_i, 4) normalised cx, cy, w, h, every target of each sample (n_i
+        may be 0 or several); None at inference.
     """
 
     images: torch.Tensor
@@ -311,12 +383,14 @@ class Batch:
     letterboxes: list[Letterbox]
     phrases: list[str]
     meta: list[dict[str, Any]]
+    target_sets: list[torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
+        sets = [move(t) for t in self.target_sets] if self.target_sets is not None else None
         return Batch(
             move(self.images), move(self.pixel_mask), move(self.input_ids), move(self.text_mask),
-            move(self.targets), self.letterboxes, self.phrases, self.meta,
+            move(self.targets), self.letterboxes, self.phrases, self.meta, sets,
         )  # fmt: skip
 
 
@@ -334,6 +408,7 @@ class Collator:
             input_ids[i, : len(s.input_ids)] = torch.tensor(s.input_ids)
             text_mask[i, : len(s.input_ids)] = True
         has_targets = all(s.target is not None for s in samples)
+        has_sets = all(s.target_set is not None for s in samples)
         return Batch(
             images=torch.stack([s.image for s in samples]),
             pixel_mask=torch.stack([s.pixel_mask for s in samples]),
@@ -343,4 +418,5 @@ class Collator:
             letterboxes=[s.letterbox for s in samples],
             phrases=[s.phrase for s in samples],
             meta=[s.meta for s in samples],
+            target_sets=[s.target_set for s in samples] if has_sets else None,
         )

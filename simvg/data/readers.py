@@ -19,7 +19,11 @@ def available_datasets(data_root: str | Path) -> list[str]:
     annotations = data_root / "annotations"
     if annotations.is_dir():
         names += sorted(p.parent.name for p in annotations.glob("*/instances.json"))
-    names += [n for n in REFER_DATASETS if n not in names and refs_file(data_root, n).is_file()]
+    listed = set()  # one name per refs file ("grefcoco-unc", not also its alias "grefcoco")
+    for name, place in REFER_DATASETS.items():
+        if name not in names and place not in listed and refs_file(data_root, name).is_file():
+            names.append(name)
+            listed.add(place)
     return names
 
 
@@ -34,13 +38,16 @@ def load_records(
 
     data_root: the data folder (``annotations/<dataset>/instances.json`` for the SimVG
         layout, which takes precedence, or ``<refcoco|refcoco+|refcocog>/refs(<by>).p``
-        plus ``instances.json`` for the refer-toolkit layout).
-    dataset: e.g. ``refcoco-unc``, ``refcocoplus-unc``, ``refcocog-umd``, ``synthref``.
+        plus ``instances.json`` for the refer-toolkit layout, ``grefcoco/grefs(unc).json``
+        plus ``instances.json`` for the gRefCOCO release).
+    dataset: e.g. ``refcoco-unc``, ``refcocoplus-unc``, ``refcocog-umd``, ``grefcoco-unc``,
+        ``synthref``.
     split: e.g. ``train``, ``val``, ``testA``, ``testB``.
     image_root: where images live; defaults to ``data_root/images``.
     check_images: raise if any image file is missing (the error names its path).
 
-    Returns records whose ``box_xyxy`` are float pixels of the original image.
+    Returns records whose ``boxes_xyxy`` (and, for single-target records, ``box_xyxy``) are
+    float pixels of the original image.
     """
     data_root = Path(data_root)
     if not data_root.is_dir():

@@ -1,4 +1,5 @@
-"""The grounding record: one referred object in one image, with its expressions."""
+"""The grounding record: what a set of expressions refers to in one image (one object, several,
+or none), with the expressions."""
 
 from __future__ import annotations
 
@@ -15,13 +16,20 @@ class DataFormatError(ValueError):
 PER_EXPRESSION_EXTRAS = ("programs",)
 
 
+Box = tuple[float, float, float, float]
+
+
 @dataclass
 class GroundingRecord:
-    """One referred object.
+    """One referred object, or (generalized grounding) a set of referred objects, possibly empty.
 
     image_path: the image file.
-    box_xyxy: the target box, (x0, y0, x1, y1) float pixels of the original image.
-    expressions: the phrases that refer to the object (at least one).
+    box_xyxy: the target box, (x0, y0, x1, y1) float pixels of the original image, when the
+        record refers to exactly one object; None when it refers to none or to several.
+    boxes_xyxy: every target box, (x0, y0, x1, y1) float pixels of the original image; empty
+        when the expressions name nothing in the image ("no target"). Give either this or
+        ``box_xyxy``; a single-box record has ``boxes_xyxy == [box_xyxy]``.
+    expressions: the phrases that refer to the object(s) (at least one).
     expression_types: optional type of each expression (SynthRef: attribute, location,
         relation, comparison), parallel to ``expressions``.
     extra: whatever else the annotations give; the entries named in
@@ -29,7 +37,7 @@ class GroundingRecord:
     """
 
     image_path: Path
-    box_xyxy: tuple[float, float, float, float]
+    box_xyxy: Box | None
     expressions: list[str]
     ref_id: int | str
     image_id: int | str
@@ -39,10 +47,37 @@ class GroundingRecord:
     dataset: str = ""
     split: str = ""
     extra: dict = field(default_factory=dict)
+    boxes_xyxy: list[Box] | None = None
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
-        self.box_xyxy = tuple(float(v) for v in self.box_xyxy)  # type: ignore[assignment]
+        if self.boxes_xyxy is None:
+            if self.box_xyxy is None:
+                raise ValueError(f"record {self.ref_id!r}: give box_xyxy or boxes_xyxy (an empty list: no target)")
+            self.boxes_xyxy = [self.box_xyxy]
+        boxes = [tuple(float(v) for v in box) for box in self.boxes_xyxy]
+        single = boxes[0] if len(boxes) == 1 else None
+        if self.box_xyxy is not None and tuple(float(v) for v in self.box_xyxy) != single:
+            raise ValueError(f"record {self.ref_id!r}: box_xyxy {self.box_xyxy} disagrees with boxes_xyxy {boxes}")
+        self.boxes_xyxy = boxes  # type: ignore[assignment]
+        self.box_xyxy = single  # type: ignore[assignment]
+
+    @property
+    def is_single(self) -> bool:
+        """Whether the record refers to exactly one object (classic referring expressions)."""
+        return self.box_xyxy is not None
+
+    def single_box(self) -> Box:
+        """``box_xyxy``, for code that needs exactly one target; raises DataFormatError naming the
+        record when it refers to no object or to several (generalized grounding data)."""
+        if self.box_xyxy is None:
+            raise DataFormatError(
+                f"dataset '{self.dataset}', split '{self.split}', ref_id {self.ref_id}: the record refers to "
+                f"{len(self.boxes_xyxy or [])} objects, but this needs exactly one target box (single-target "
+                "grounding); use generalized grounding (several queries) for data with no-target or "
+                "multi-target expressions"
+            )
+        return self.box_xyxy
 
     @property
     def category(self) -> str | int | None:

@@ -1,14 +1,19 @@
 """Reader for the refer-toolkit layout: ``data_root/<refcoco|refcoco+|refcocog>/refs(<split_by>).p``
-plus the COCO ``instances.json`` beside it (read with pycocotools).
+plus the COCO ``instances.json`` beside it (read with pycocotools), and for the gRefCOCO
+release laid out the same way: ``data_root/grefcoco/grefs(unc).json`` (or ``.p``) plus its
+``instances.json``.
 
-The refs file is a Python 2 pickle of plain lists and dicts. It is read with an unpickler
-that refuses every global, so a tampered file cannot run code.
+A refs file is a Python 2 pickle of plain lists and dicts (or, for gRefCOCO, JSON). Pickles
+are read with an unpickler that refuses every global, so a tampered file cannot run code.
+A gRefCOCO ref lists its annotations (``ann_id`` is a list; ``[-1]`` with ``no_target: true``
+when the sentences name nothing in the image): its record carries every box, or none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,11 @@ REFER_DATASETS = {
     "refcocoplus-unc": ("refcoco+", "unc"),
     "refcocog-umd": ("refcocog", "umd"),
     "refcocog-google": ("refcocog", "google"),
+    "grefcoco-unc": ("grefcoco", "unc"),
+    "grefcoco": ("grefcoco", "unc"),
 }
+# Folders whose refs files are gRefCOCO's ``grefs(<split_by>)``, JSON as released (or a pickle).
+GENERALIZED_FOLDERS = ("grefcoco",)
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -38,18 +47,31 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
 
 def refs_file(data_root: Path, dataset: str) -> Path:
+    """The refs file of ``dataset``: ``<folder>/refs(<split_by>).p``; for gRefCOCO
+    ``grefcoco/grefs(<split_by>).json``, or the ``.p`` beside it when only that exists."""
     folder, split_by = REFER_DATASETS[dataset]
-    return data_root / folder / f"refs({split_by}).p"
+    if folder not in GENERALIZED_FOLDERS:
+        return data_root / folder / f"refs({split_by}).p"
+    released = data_root / folder / f"grefs({split_by}).json"
+    pickled = released.with_suffix(".p")
+    return pickled if pickled.is_file() and not released.is_file() else released
 
 
 def load_refs(path: Path) -> list[dict[str, Any]]:
-    with path.open("rb") as f:
+    """The list of refs in a refs pickle or (gRefCOCO) JSON file."""
+    if path.suffix == ".json":
         try:
-            refs = _PlainDataUnpickler(f, path).load()
-        except DataFormatError:
-            raise
-        except Exception as err:
-            raise DataFormatError(f"{path}: not a readable refs pickle: {err}") from err
+            refs = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataFormatError(f"{path}: not a readable refs JSON file: {err}") from err
+    else:
+        with path.open("rb") as f:
+            try:
+                refs = _PlainDataUnpickler(f, path).load()
+            except DataFormatError:
+                raise
+            except Exception as err:
+                raise DataFormatError(f"{path}: not a readable refs pickle: {err}") from err
     if not isinstance(refs, list):
         raise DataFormatError(f"{path}: expected a list of refs, got {type(refs).__name__}")
     return refs
@@ -91,11 +113,9 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
         missing = [key for key in ("ann_id", "image_id") if key not in ref]
         if missing:
             raise DataFormatError(f"{where}: the ref has no {' or '.join(missing)}")
-        if ref["ann_id"] not in coco.anns:
-            raise DataFormatError(f"{where}: annotation id {ref['ann_id']!r} not found in {coco_path}")
         if ref["image_id"] not in coco.imgs:
             raise DataFormatError(f"{where}: image id {ref['image_id']!r} not found in {coco_path}")
-        ann, image = coco.anns[ref["ann_id"]], coco.imgs[ref["image_id"]]
+        image = coco.imgs[ref["image_id"]]
         sentences = ref.get("sentences") or []
         expressions = [_sentence_text(s).strip() for s in sentences if isinstance(s, dict)]
         expressions = [e for e in expressions if e]
@@ -106,18 +126,26 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
             raise DataFormatError(f"{where}: image {ref['image_id']!r} in {coco_path} needs positive "
                                   f"'width' and 'height', got {width!r} and {height!r}")  # fmt: skip
         width, height = int(width), int(height)
-        check_box(ann.get("bbox"), width, height, f"{where}: annotation {ref['ann_id']}")
-        bbox = ann["bbox"]
+        ann_ids = _target_ann_ids(ref, where)
+        boxes = []
+        for ann_id in ann_ids:
+            if ann_id not in coco.anns:
+                raise DataFormatError(f"{where}: annotation id {ann_id!r} not found in {coco_path}")
+            check_box(coco.anns[ann_id].get("bbox"), width, height, f"{where}: annotation {ann_id}")
+            boxes.append(xywh_to_xyxy(coco.anns[ann_id]["bbox"]))
         file_name = image.get("file_name") or ref.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             raise DataFormatError(f"{where}: neither image {ref['image_id']!r} in {coco_path} nor the ref has a "
                                   f"'file_name'")  # fmt: skip
         if ref["image_id"] not in objects_by_image:
             objects_by_image[ref["image_id"]] = image_objects(coco, ref["image_id"])
+        extra = {"category_id": _single(ref.get("category_id")), "ann_id": ref["ann_id"],
+                 "objects": objects_by_image[ref["image_id"]]}  # fmt: skip
         records.append(
             GroundingRecord(
                 image_path=image_root / "mscoco" / "train2014" / file_name,
-                box_xyxy=xywh_to_xyxy(bbox),
+                box_xyxy=None,
+                boxes_xyxy=boxes,
                 expressions=expressions,
                 ref_id=ref_id,
                 image_id=ref["image_id"],
@@ -125,11 +153,31 @@ def read_refer_layout(data_root: Path, dataset: str, split: str, image_root: Pat
                 height=height,
                 dataset=dataset,
                 split=split,
-                extra={"category_id": ref.get("category_id"), "ann_id": ref["ann_id"],
-                       "objects": objects_by_image[ref["image_id"]]},  # fmt: skip
+                extra=extra,
             )
         )
     return records
+
+
+def _target_ann_ids(ref: dict[str, Any], where: str) -> list:
+    """The annotation ids a ref refers to: ``ann_id`` itself (RefCOCO), or its list (gRefCOCO),
+    empty for a no-target ref (``[-1]``, ``no_target: true``; the two must agree)."""
+    ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
+    empty = ann_ids == [-1]
+    if not ann_ids or (-1 in ann_ids and not empty):
+        raise DataFormatError(f"{where}: ann_id must list annotation ids, or be [-1] for no target; "
+                              f"got {ref['ann_id']!r}")  # fmt: skip
+    flag = ref.get("no_target")
+    if flag is not None and bool(flag) != empty:
+        raise DataFormatError(f"{where}: no_target is {flag!r} but ann_id is {ref['ann_id']!r}")
+    return [] if empty else ann_ids
+
+
+def _single(value: Any) -> Any:
+    """A category id, or a list's only one (gRefCOCO lists them); None for none or several."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 and value[0] != -1 else None
+    return value
 
 
 def _sentence_text(sentence: dict) -> str:

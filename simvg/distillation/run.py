@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 from pathlib import Path
 
 import torch
 
 from distill.takfl import (
+    heuristic_lambdas,
     merge_task_vectors,
     select_lambdas,
     task_vector,
@@ -26,7 +26,7 @@ from simvg.engine.distributed import DistributedContext, cleanup_distributed, se
 from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
 from simvg.engine.tasks import build_auxiliary_losses, build_datasets, quiet_transformers
 from simvg.engine.train import TrainingTask, fit
-from simvg.models.criterion import box_losses
+from simvg.models.criterion import box_losses, reference_loss
 
 
 def load_teachers(paths: list[str]) -> list[dict]:
@@ -79,20 +79,29 @@ def check_takfl_output(directory: Path, teacher: dict) -> None:
 
 def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
                 resume: bool, stop_after: int | None, progress: bool, start: dict | None = None) -> dict:  # fmt: skip
-    """Distil from ``teachers`` (averaged if several) into a fresh student; returns fit's summary."""
+    """Distil from ``teachers`` (averaged if several) into a fresh student; returns fit's summary.
+
+    ``start`` (TAKFL): the student's start weights, shared by the per-teacher runs. With the
+    "teacher" objective a frozen copy of the start weights gives the self-regularisation's
+    target; a resumed run rebuilds them as the first run did (the stem hint fit is
+    deterministic) before fit restores the student's own weights."""
     first = teachers[0]
     student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
                                               first["meta"]["vocab_size"], base)  # fmt: skip
-    start_model = None
+    objective = config.distill.objective or "full"
+    config.distill.objective = objective  # recorded in the checkpoint's config
     train_set, val_set = build_datasets(config, data_root, first["tokenizer"])
-    # Before any work: its checks (e.g. landmark supervision on data without landmarks) end the run.
-    auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
-    if start is not None:  # TAKFL: every per-teacher student starts from the same weights
+    auxiliary = None
+    if objective == "full":
+        # Before any work: its checks (e.g. landmark supervision on data without landmarks) end the run.
+        auxiliary = build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)
+    resuming = resume and (output / "last").exists()
+    if start is not None:
         student.load_state_dict(start)
-        start_model = copy.deepcopy(student)
-    elif needs_stem_hints(config, first["config"]) and not (resume and (output / "last").exists()):
+    elif needs_stem_hints(config, first["config"]) and (objective == "teacher" or not resuming):
         fit_student_stem(student, first["model"], train_set, config, context.device,
                          first["tokenizer"].pad_token_id, log=context.is_main)  # fmt: skip
+    start_model = copy.deepcopy(student) if objective == "teacher" else None
     module = DistillationLoss(student, [t["model"] for t in teachers], config, start_model, auxiliary)
     extra = {"teachers": [str(Path(t["path"]).resolve()) for t in teachers], "distilled": True}
     task = TrainingTask(config=config, module=module, export_model=student, backbone_config=backbone,
@@ -101,27 +110,48 @@ def distill_one(teachers: list[dict], base: Config, data_root: str, output: Path
     return fit(task, output, context, resume=resume, stop_after=stop_after, progress=progress)
 
 
-def lambda_candidates(k: int) -> list[list[float]]:
-    """Uniform, each teacher alone, and a small grid of task-arithmetic weights."""
-    grid = [list(c) for c in itertools.product((0.25, 0.5, 0.75, 1.0), repeat=k)] if k <= 3 else []
-    singles = [[1.0 if i == j else 0.0 for i in range(k)] for j in range(k)]
-    candidates = [uniform_lambdas(k)] + singles + grid
-    unique = []
-    for c in candidates:
-        if c not in unique:
-            unique.append(c)
-    return unique
+# Adam steps of TAKFL's tuned λ on the validation split (the reference code: 5 epochs of its
+# validation set at batch 64, a few hundred steps on its data; λ settles well before on ours).
+TUNE_STEPS = 50
+
+
+def choose_lambdas(mode: str, start_state: dict, vectors: list[dict], student: torch.nn.Module, loader,
+                   evaluate, config: Config) -> tuple[list[float], list[float]]:  # fmt: skip
+    """TAKFL's λ on the simplex (``distill.merge_lambdas``); returns (λ, each candidate's score)."""
+    if mode == "uniform":
+        return uniform_lambdas(len(vectors)), []
+    if mode == "candidates":
+        candidates = heuristic_lambdas(len(vectors), config.distill.merge_candidates, seed=config.train.seed)
+        return select_lambdas(start_state, vectors, candidates, evaluate)
+    if mode == "tuned":
+        loss = config.loss
+
+        def task_loss(model, batch):  # the grounding loss on the validation split's boxes
+            out = model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
+            token = out["token"]
+            l1, giou = box_losses(token["boxes"], batch.targets)
+            ref = reference_loss(token["ref_logits"], out["grid"], batch.targets, token.get("content_logits"))
+            return loss.l1 * l1 + loss.giou * giou + loss.token_ref * ref
+
+        student.eval()
+        return tune_lambdas(student, start_state, vectors, task_loss, loader, steps=TUNE_STEPS).tolist(), []
+    raise ValueError(f"unknown distill.merge_lambdas '{mode}'; choose uniform, candidates or tuned")
 
 
 def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Path, context: DistributedContext,
                   resume: bool, stop_after: int | None, progress: bool) -> dict:  # fmt: skip
-    """TAKFL: a student per teacher from the same start, then θ = θ₀ + Σ λ_j (θ_j − θ₀) with λ
-    chosen on the validation split; the merged student is saved as OUTPUT/last and best."""
+    """TAKFL: a student per teacher from the same start, each distilled from that teacher alone
+    with the "teacher" objective (no ground truth), then θ = θ₀ + Σ λ_j (θ_j − θ₀) with λ on the
+    simplex chosen on the validation split; the merged student is saved as OUTPUT/last and best."""
+    if (base.distill.objective or "teacher") != "teacher":
+        raise ValueError("TAKFL distils each teacher alone without ground truth (distill.objective=teacher); "
+                         "distill.merge=average runs the full objective with the teachers averaged")  # fmt: skip
+    base = copy.deepcopy(base)
+    base.distill.objective = "teacher"
     first = teachers[0]
     student, config, backbone = build_student(first["model"], first["config"], first["meta"]["backbone_config"],
                                               first["meta"]["vocab_size"], base)  # fmt: skip
     train_set, _ = build_datasets(config, data_root, first["tokenizer"])
-    build_auxiliary_losses(student, config, first["tokenizer"], train_set.records)  # its checks, before any work
     for j, teacher in enumerate(teachers):
         check_takfl_output(output / f"teacher{j}", teacher)
     if needs_stem_hints(config, first["config"]):  # deterministic: a resumed run rebuilds the same start
@@ -157,23 +187,8 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
         student.load_state_dict(state)
         return summarize(predict_split(student, loader, ("token",), context.device))["token"]["acc@0.5"]
 
-    mode = base.distill.merge_lambdas
-    scores: list[float] = []
-    if mode == "uniform":
-        lambdas = uniform_lambdas(len(vectors))
-    elif mode == "candidates":
-        candidates = lambda_candidates(len(vectors))
-        lambdas, scores = select_lambdas(start_state, vectors, candidates, evaluate)
-    elif mode == "tuned":
-        def loss_fn(model, batch):
-            out = model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
-            l1, giou = box_losses(out["token"]["boxes"], batch.targets)
-            return base.loss.l1 * l1 + base.loss.giou * giou
-
-        student.eval()
-        lambdas = tune_lambdas(student, start_state, vectors, loss_fn, loader, steps=50).tolist()
-    else:
-        raise ValueError(f"unknown distill.merge_lambdas '{mode}'; choose uniform, candidates or tuned")
+    lambdas, scores = choose_lambdas(base.distill.merge_lambdas, start_state, vectors, student, loader, evaluate,
+                                     config)  # fmt: skip
     merged = merge_task_vectors(start_state, vectors, lambdas)
     student.load_state_dict(merged)
     accuracy = evaluate(merged)

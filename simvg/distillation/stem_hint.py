@@ -14,7 +14,6 @@ from simvg.config import Config
 from simvg.data.dataset import Collator, GroundingDataset, StepSampler
 from simvg.engine.optim import resolve_amp
 from simvg.models import SimVG
-from simvg.models.encoders.base import normalize_images
 
 
 def needs_stem_hints(student_config: Config, teacher_config: Config) -> bool:
@@ -56,7 +55,7 @@ def fit_student_stem(
     sampler = StepSampler(len(train_set), config.train.batch_size, d.stem_hint_steps, seed=config.train.seed + 1)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.data.num_workers,
                         collate_fn=Collator(pad_token_id), generator=torch.Generator())  # fmt: skip
-    inputs = (normalize_images(batch.images.to(device)) for batch in loader)
+    inputs = (teacher.encoder.normalize(batch.images.to(device)) for batch in loader)
     amp = resolve_amp(config.train.amp, device)
     started = time.perf_counter()
     losses = fit_hints(student_stem, teacher_stem, inputs, d.stem_hint_steps, lr=d.stem_hint_lr,

@@ -14,7 +14,9 @@ from simvg.models import SimVG, build_model
 from simvg.models.encoders.hybrid import FactorizedEmbedding
 
 # Where each encoder keeps its transformer layers in the state dict.
-LAYER_PREFIX = {"hybrid": "encoder.layers.", "vilt": "encoder.encoder.layer."}
+LAYER_PREFIX = {"hybrid": "encoder.layers.", "vilt": "encoder.encoder.layer.", "beit3": "encoder.beit3.encoder.layers."}
+# Where each encoder's backbone config records its depth (the others: Hugging Face's name).
+DEPTH_KEY = {"beit3": "num_layers"}
 
 
 def student_layers(teacher_layers: int, chosen: list[int] | None) -> list[int]:
@@ -46,13 +48,18 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
             )
         model.head.tqg_layers = d.query_layers
     model.head.use_decoder = d.use_decoder
+    # The distillation losses train our cell-based token branch, with one answer per phrase; a
+    # student of a "simvg" head teacher (an imported SimVG) gets that head, fresh, and learns
+    # from the teacher's boxes (docs/generalized-grounding.md: students with several answers).
+    model.head.type = "cells"
+    model.head.num_queries = 1
     model.head.token_branches = d.token_branches
     model.head.deploy_branch = d.deploy_branch if d.token_branches > 1 else None
     config.model = model
     if config.loss.landmark_ref > 0 and not (model.head.landmark_relation and model.head.landmark_pointer != "token"):
         # The recipe supervises a words landmark pointer the student inherits; a teacher without
         # one gives the student nothing to supervise (and an object-token pointer lost accuracy
-        # when supervised: README "The default teacher").
+        # when supervised: docs/synthref-teacher.md).
         config.loss.landmark_ref = 0.0
     return config
 
@@ -112,9 +119,10 @@ def build_student(
     without it (a from-scratch baseline) the encoder starts from the same pretrained weights
     the teacher started from (e.g. MiniLM's layers ``layers``), as a directly trained model would.
     """
-    layers = student_layers(int(teacher_backbone["num_hidden_layers"]), base.distill.student_layers)
+    depth = DEPTH_KEY.get(teacher_config.model.encoder.type, "num_hidden_layers")
+    layers = student_layers(int(teacher_backbone[depth]), base.distill.student_layers)
     config = student_config(teacher_config, layers, base)
-    backbone = dict(teacher_backbone, num_hidden_layers=len(layers))
+    backbone = dict(teacher_backbone, **{depth: len(layers)})
     torch.manual_seed(base.train.seed)
     pretrained = not base.distill.init_from_teacher and config.model.encoder.pretrained is not None
     student = build_model(config.model, vocab_size, backbone_config=None if pretrained else backbone)

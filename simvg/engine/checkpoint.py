@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
 from simvg.config import Config, ConfigError, from_dict, to_dict
+from simvg.models.pretrained import save_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,7 +35,7 @@ ONNX_FILES = ("model.onnx", "model.int8.onnx")
 # carries any other file of the old checkpoint over (a user's predictions, a .git).
 CHECKPOINT_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, MODULE_STATE_FILE,
                     "tokenizer.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                    *ONNX_FILES}  # fmt: skip
+                    "sentencepiece.bpe.model", *ONNX_FILES}  # fmt: skip
 FORMAT_VERSION = 1
 
 
@@ -167,14 +169,14 @@ def save_checkpoint(
         meta = {
             "format_version": FORMAT_VERSION,
             "config": to_dict(config),
-            "backbone_config": backbone_config,
+            "backbone_config": portable_backbone_config(backbone_config, config.model.encoder.pretrained),
             "vocab_size": len(tokenizer),
             **(extra or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         stored = model if weights_dtype is None else copy.deepcopy(model).to(weights_dtype)
         save_model(stored, str(tmp / WEIGHTS_FILE))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         if training_state is not None:
             tensors = {"rng.torch": torch.get_rng_state()}
             state = dict(training_state)
@@ -187,6 +189,38 @@ def save_checkpoint(
             save_file({k: v.contiguous() for k, v in file_tensors.items()}, str(tmp / name))
 
     write_atomically(Path(directory), write)
+
+
+def portable_backbone_config(backbone_config: dict, pretrained: str | None) -> dict:
+    """``backbone_config`` without this machine's path to the pretrained weights.
+
+    A Hugging Face config records the directory it was read from (``_name_or_path``); for the
+    "minilm-l6" alias that is a folder of this machine's site-packages. Loading a checkpoint
+    never reads it (the structure is in the other keys), so the recipe's own name for the
+    weights (an alias or hub id) is recorded instead, or nothing for a local directory."""
+    name = backbone_config.get("_name_or_path")
+    if not isinstance(name, str) or not _is_local_path(name):
+        return backbone_config
+    return {**backbone_config, "_name_or_path": pretrained if pretrained and not _is_local_path(pretrained) else ""}
+
+
+def shareable_path(path: str) -> str:
+    """``path`` as a checkpoint meant to be shared records it: relative to the current
+    directory where it lies inside it, else its last two parts (``teacher/best``); never this
+    machine's absolute path."""
+    resolved = Path(path)
+    if not resolved.is_absolute():
+        return path
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*resolved.parts[-2:]))
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether ``name`` is a filesystem path (here or on another machine), not a hub id or alias."""
+    windows_drive = re.match(r"[A-Za-z]:[\\/]", name) is not None
+    return name.startswith(("/", ".", "~", "\\")) or windows_drive or Path(name).exists()
 
 
 def read_checkpoint_config(directory: str | Path) -> dict:
@@ -202,13 +236,14 @@ def read_checkpoint_config(directory: str | Path) -> dict:
 
 
 # Parameters older checkpoints carry that had no effect on any output and were removed: the
-# words landmark pointer's selection and key biases (each added one constant to every score
-# before a softmax, over the words or over the cells).
+# words landmark pointer's selection and key biases and the cell-based token branch's key bias
+# (each added one constant to every score before a softmax, over the words or over the cells).
 _RETIRED_SUFFIXES = ("landmark_relation.pointer.select.bias", "landmark_relation.pointer.key.bias")
+_RETIRED_PATTERN = re.compile(r"(^|\.)token_head(\.one\.branches\.\d+)?\.key\.bias$")
 
 
 def _retired(key: str) -> bool:
-    return key.endswith(_RETIRED_SUFFIXES)
+    return key.endswith(_RETIRED_SUFFIXES) or _RETIRED_PATTERN.search(key) is not None
 
 
 def load_checkpoint_tokenizer(directory: Path):
@@ -249,7 +284,8 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
         weights = load_file(str(directory / WEIGHTS_FILE), device=map_location)
-        weights = {key: value for key, value in weights.items() if not _retired(key)}
+        expected = model.state_dict().keys()
+        weights = {key: value for key, value in weights.items() if key in expected or not _retired(key)}
         model.load_state_dict(weights, strict=True)
     except SafetensorError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {err}") from err
@@ -287,3 +323,40 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer 
             per_param.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     return state
+
+
+def _listed(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_model_weights(model: torch.nn.Module, directory: str | Path) -> Path:
+    """Copy the weights of the checkpoint at ``directory`` (its ``model.safetensors``) into
+    ``model``, strictly: every weight of the model must be there with the same shape, and
+    nothing else (parameters retired from older checkpoints aside). Returns the checkpoint
+    directory read. Raises CheckpointError listing the missing, unexpected and mismatched
+    weights (with both shapes)."""
+    directory = resolve_checkpoint(directory)
+    path = directory / WEIGHTS_FILE
+    try:
+        weights = load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    weights = {key: value for key, value in weights.items() if not _retired(key)}
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs the model's {tuple(own[k].shape)}"
+                  for k in own if k in weights and weights[k].shape != own[k].shape]  # fmt: skip
+    if missing:
+        problems.append(f"{len(missing)} weights of the model are missing: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights are not in the model: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} weights have another shape: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit this model ({'; '.join(problems)}); it was trained with another "
+                              f"model config (compare {directory / CONFIG_FILE} with the run's)")  # fmt: skip
+    model.load_state_dict(weights, strict=True)
+    return directory

@@ -44,13 +44,16 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam(W) with SimVG's betas/eps; weight decay as configured (SimVG: 0)."""
+    """``train.optimizer``: AdamW (decoupled weight decay) or Adam (weight decay added to the
+    gradient: SimVG's torch.optim.Adam), with ``train.amsgrad`` (SimVG: on), SimVG's
+    betas/eps and the configured weight decay (SimVG: 0, where the two are the same)."""
     groups = parameter_groups(model, config)
     # The fused kernel is one pass over all tensors instead of a dozen per tensor.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    return torch.optim.AdamW(
+    kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
+    return kind(
         groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
-        fused=fused,
+        amsgrad=config.amsgrad, fused=fused,
     )  # fmt: skip
 
 

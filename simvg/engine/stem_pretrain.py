@@ -22,7 +22,6 @@ from simvg.data.dataset import Collator, GroundingDataset, StepSampler
 from simvg.engine.optim import autocast, resolve_amp
 from simvg.models import SimVG
 from simvg.models.category import CategoryLoss, scene_object_cells
-from simvg.models.encoders.base import normalize_images
 
 
 @dataclass
@@ -77,7 +76,7 @@ def pretrain_stem(model: SimVG, train_set: GroundingDataset, config: Config, dev
     losses = []
     for batch in loader:
         with autocast(device, amp):
-            features = stem(normalize_images(batch.images.to(device)))[-1]  # (B, C, h, w)
+            features = stem(model.encoder.normalize(batch.images.to(device)))[-1]  # (B, C, h, w)
             rows, cells, names = scene_object_cells(batch.meta, (features.shape[2], features.shape[3]))
             loss = category(features.flatten(2).transpose(1, 2), cells.to(device), names, rows.to(device))
         optimizer.zero_grad(set_to_none=True)

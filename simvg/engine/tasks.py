@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simvg.config import Config
+from simvg.config import Config, LossConfig
+from simvg.data.check import check_record_images
 from simvg.data.dataset import Batch, GroundingDataset, Preprocessor
 from simvg.data.readers import load_records
 from simvg.data.records import PER_EXPRESSION_EXTRAS, GroundingRecord
 from simvg.engine.train import TrainingTask
-from simvg.models import GroundingCriterion, build_model
+from simvg.models import build_criterion, build_model
 from simvg.models.auxiliary import AuxiliaryLosses
 from simvg.models.category import CategoryLoss
 from simvg.models.landmark import LandmarkOffsetLoss
@@ -33,6 +34,9 @@ def quiet_transformers() -> None:
 
 def tokenizer_source(config: Config) -> str:
     encoder = config.model.encoder
+    if encoder.type == "beit3" and not encoder.tokenizer:
+        raise ValueError("model.encoder.tokenizer: the beit3 encoder reads phrases with BEiT-3's sentencepiece "
+                         "model; give the path of beit3.spm (docs/beit3.md)")  # fmt: skip
     return encoder.tokenizer or encoder.pretrained or MINILM_ALIAS
 
 
@@ -43,7 +47,7 @@ class GroundingLoss(nn.Module):
     object's visual token; its heads are trained here and not saved with the model.
     """
 
-    def __init__(self, model: nn.Module, criterion: GroundingCriterion, auxiliary: AuxiliaryLosses | None = None):
+    def __init__(self, model: nn.Module, criterion: nn.Module, auxiliary: AuxiliaryLosses | None = None):
         super().__init__()
         self.model = model
         self.criterion = criterion
@@ -51,7 +55,8 @@ class GroundingLoss(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self.model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
-        losses, stats = self.criterion(outputs, batch.targets)
+        targets = batch.targets if batch.targets is not None else batch.target_sets
+        losses, stats = self.criterion(outputs, targets)
         total = self.criterion.total(losses, self.model.config.head.decoder_layers)
         if self.auxiliary is not None:
             extra = self.auxiliary(self.model, outputs, batch)
@@ -75,7 +80,7 @@ def build_auxiliary_losses(
         raise ValueError("loss.landmark_ref trains the token branch's landmark pointer; set "
                          "model.head.landmark_relation=true or loss.landmark_ref=0")  # fmt: skip
     visual_only = loss.word_alignment > 0 or loss.category > 0 or loss.scene_category > 0
-    if visual_only and not hasattr(model.encoder, "word_embedding_matrix"):
+    if visual_only and model.encoder.stem is None:
         raise ValueError(
             f"loss.word_alignment, loss.category and loss.scene_category need an encoder with its own visual "
             f"stem (hybrid), not '{config.model.encoder.type}'; set them to 0"
@@ -147,18 +152,29 @@ def build_datasets(
     train_set = None
     if train:
         records = load_records(data_root, data.dataset, data.train_split, data.image_root)
+        # Unreadable images fail here, in seconds, not when a batch first reaches them.
+        check_record_images(records, f"dataset '{data.dataset}', split '{data.train_split}'")
         if data.train_expression_types is not None:
             records = filter_expression_types(records, data.train_expression_types)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment)
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, data.augment, model.resize)
         train_set = GroundingDataset(records, preprocessor, train=True, seed=config.train.seed,
                                      landmarks=config.loss.landmark_offset > 0 or config.loss.landmark_ref > 0,
                                      scene_objects=config.loss.scene_category > 0 or config.train.stem_pretrain_steps > 0)  # fmt: skip
     val_set = None
     if data.val_split:
         records = load_records(data_root, data.dataset, data.val_split, data.image_root)
-        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length)
+        check_record_images(records, f"dataset '{data.dataset}', split '{data.val_split}'")
+        preprocessor = Preprocessor(tokenizer, model.image_size, model.max_text_length, resize=model.resize)
         val_set = GroundingDataset(records, preprocessor, train=False, max_items=data.val_max_expressions)
     return train_set, val_set
+
+
+def token_branch_trained(loss: LossConfig) -> bool:
+    """Whether any loss reaches the token branch. SimVG's two-stage recipe first trains the
+    decoder branch alone: ``loss.lambda_token`` and ``loss.lambda_kd`` 0 (and the cell head's
+    ``loss.token_ref`` 0); the token branch keeps its initial weights (it stays in the model,
+    so the second stage's ``train.load_from`` finds every weight)."""
+    return loss.lambda_token > 0 or (loss.dwbd and loss.lambda_kd > 0) or loss.token_ref > 0
 
 
 def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
@@ -169,13 +185,21 @@ def build_training_task(config: Config, data_root: str | Path) -> TrainingTask:
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, len(tokenizer))
     branches = ("token", "decoder") if config.model.head.use_decoder else ("token",)
+    token_trained = token_branch_trained(config.loss)
+    if not token_trained and config.train.best_metric in ("first", "token"):
+        raise ValueError(f"no loss trains the token branch (loss.lambda_token, loss.lambda_kd and loss.token_ref are "
+                         f"0), so its accuracy cannot pick the best checkpoint; set train.best_metric to decoder "
+                         f"(or mean), not {config.train.best_metric}")  # fmt: skip
+    if not token_trained and not config.model.head.use_decoder:
+        raise ValueError("no loss trains the token branch and the model has no decoder branch: nothing would learn")
     return TrainingTask(
         config=config,
-        module=GroundingLoss(model, GroundingCriterion(config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
+        module=GroundingLoss(model, build_criterion(config.model, config.loss), build_auxiliary_losses(model, config, tokenizer, train_set.records)),
         export_model=model,
         backbone_config=model.encoder.backbone_config(),
         tokenizer=tokenizer,
         train_dataset=train_set,
         val_dataset=val_set,
         eval_branches=branches,
+        find_unused_parameters=not token_trained,
     )

@@ -19,6 +19,18 @@ from simvg.models.landmark import LandmarkOffsetLoss, landmark_reference_loss
 from simvg.models.word_alignment import WordAlignmentLoss
 
 
+def single_target_rows(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of ``batch`` with exactly one target (M,) and their targets (M, 4)
+    normalised cxcywh: every sample where ``batch.targets`` is given, else those whose target
+    set holds one box."""
+    if batch.targets is not None:
+        return torch.arange(len(batch.targets), device=device), batch.targets
+    rows = [i for i, t in enumerate(batch.target_sets) if len(t) == 1]
+    targets = [batch.target_sets[i][0] for i in rows]
+    stacked = torch.stack(targets).to(device) if targets else torch.zeros(0, 4, device=device)
+    return torch.tensor(rows, dtype=torch.long, device=device), stacked
+
+
 class AuxiliaryLosses(nn.Module):
     """forward(model, outputs, batch) -> {"loss_word_alignment", "loss_category",
     "loss_scene_category", "loss_landmark_offset", "loss_landmark_ref"} (those configured),
@@ -61,12 +73,16 @@ class AuxiliaryLosses(nn.Module):
         if self.word_alignment is None and self.category is None:
             return losses
         content = outputs["visual_content"]
-        cells = centre_cells(batch.targets, outputs["grid"])
+        # The referred object's token is known where a phrase has exactly one target.
+        rows, targets = single_target_rows(batch, content.device)
+        cells = centre_cells(targets, outputs["grid"])
         if self.word_alignment is not None:
             words = model.encoder.word_embedding_matrix()
-            losses["loss_word_alignment"] = self.word_alignment(content, cells, batch.input_ids, batch.text_mask, words)
+            losses["loss_word_alignment"] = self.word_alignment(content[rows], cells, batch.input_ids[rows],
+                                                                batch.text_mask[rows], words)  # fmt: skip
         if self.category is not None and self.weight_dict.get("loss_category", 0) > 0:
-            losses["loss_category"] = self.category(content, cells, [m.get("category") for m in batch.meta])
+            categories = [batch.meta[i].get("category") for i in rows.tolist()]
+            losses["loss_category"] = self.category(content, cells, categories, rows)
         if self.scene_category:
             losses["loss_scene_category"] = self._scene_category(content, outputs["grid"], batch)
         return losses

@@ -1,4 +1,5 @@
-"""SimVG's training loss: DETR-style losses per branch and dynamic weight-balance distillation.
+"""The "cells" head's training loss: DETR-style losses per branch and dynamic weight-balance
+distillation (the "simvg" head's is simvg_criterion.py; :func:`build_criterion` picks).
 
 The criterion returns a dict of named, unweighted losses; ``weight_dict`` holds each one's
 weight, and the total is ``sum(losses[k] * weight_dict[k] for k in weight_dict)``. DWBD's
@@ -11,24 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from distill.losses import box_distillation_loss
-from simvg.config import LossConfig
+from simvg.config import LossConfig, ModelConfig
 from simvg.models.heads.grid import grid_centres
-
-OBJECT, NO_OBJECT = 0, 1
+from simvg.models.matcher import NO_OBJECT, OBJECT, hungarian_match
+from simvg.models.set_loss import class_loss, matched_pairs, paired_iou, set_losses
+from simvg.models.simvg_criterion import SimVGCriterion, TargetSets, as_target_sets
 
 
 def box_losses(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean L1 (summed over the 4 coordinates) and mean 1 - GIoU; boxes (B, 4) normalised cxcywh."""
     parts = box_distillation_loss(pred.float(), target.float(), weights, l1_weight=1.0, giou_weight=1.0)
     return parts["loss_box_kd_l1"], parts["loss_box_kd_giou"]
-
-
-def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of each pair of rows: a, b (B, 4) normalised cxcywh -> (B,)."""
-    return box_iou(box_convert(a.float(), "cxcywh", "xyxy"), box_convert(b.float(), "cxcywh", "xyxy")).diagonal()
 
 
 def match_queries(logits: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -94,6 +91,30 @@ def positive_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     return inside
 
 
+def set_positive_cells(
+    target_sets: list[torch.Tensor], grid: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`positive_cells` of target sets: the samples with a target (M,), each cell's target
+    (M, h*w, 4) (where a cell lies on several, the one whose centre is nearest the cell's) and
+    the positive cells (M, h*w) bool (those on any target)."""
+    rows, goals, positives = [], [], []
+    centres = grid_centres(grid, device)
+    for i, targets in enumerate(target_sets):
+        if len(targets) == 0:
+            continue
+        targets = targets.to(device).float()
+        on = positive_cells(targets, grid)  # (T, N)
+        distance = torch.cdist(targets[:, :2], centres).masked_fill(~on, float("inf"))
+        rows.append(i)
+        goals.append(targets[distance.argmin(dim=0)])
+        positives.append(on.any(dim=0))
+    if not rows:
+        cells = grid[0] * grid[1]
+        return (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, cells, 4, device=device),
+                torch.zeros(0, cells, dtype=torch.bool, device=device))  # fmt: skip
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.stack(goals), torch.stack(positives)
+
+
 def cell_box_losses(
     cell_boxes: torch.Tensor, targets: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +133,20 @@ def cell_box_losses(
 
 
 class GroundingCriterion(nn.Module):
+    """forward(outputs, targets) -> (losses, stats) for the "cells" head.
+
+    targets: (B, 4) normalised cxcywh, one per sample, or B tensors (T_i, 4): T_i = 0 (no
+    target: the answer's score learns "no object", its box nothing) or several (the token
+    branch's single answer learns the one nearest to it in DETR's matching cost; the decoder
+    branch's queries are matched to all of them). The answer's score learns "object", or its
+    box's IoU with the target (``loss.score_target`` "iou", the default for this head).
+    """
+
     def __init__(self, config: LossConfig):
         super().__init__()
         self.config = config
+        self.score_target = config.score_target or "iou"
+        self.costs = (config.ce, config.l1, config.giou)
         self.register_buffer("class_weight", torch.tensor([1.0, config.no_object_weight]))
 
     @property
@@ -138,42 +170,99 @@ class GroundingCriterion(nn.Module):
         logits, boxes = out["logits"].float(), out["boxes"].float()
         matched = match_queries(logits, boxes, targets, self.config)
         rows = torch.arange(len(targets), device=targets.device)
-        labels = torch.full(logits.shape[:2], NO_OBJECT, dtype=torch.long, device=targets.device)
-        labels[rows, matched] = OBJECT
-        ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=self.class_weight)
+        object_target = torch.zeros(logits.shape[:2], device=targets.device)
+        weights = self.class_weight[NO_OBJECT].expand(logits.shape[:2]).clone()
+        object_target[rows, matched] = paired_iou(boxes[rows, matched].detach(), targets) if self.score_target == "iou" else 1.0
+        weights[rows, matched] = 1.0
+        ce = class_loss(logits, object_target, weights)
         l1, giou = box_losses(boxes[rows, matched], targets)
         losses = {f"loss_dec_ce{suffix}": ce, f"loss_dec_l1{suffix}": l1, f"loss_dec_giou{suffix}": giou}
         return losses, matched
 
-    def forward(self, outputs: dict, targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """outputs: the model's dict; targets: (B, 4) normalised cxcywh.
+    def _decoder_set_losses(self, out: dict, target_sets: TargetSets, suffix: str) -> tuple[dict, list]:
+        logits, boxes = out["logits"].float(), out["boxes"].float()
+        matches = hungarian_match(logits, boxes, target_sets, self.costs)
+        ce, l1, giou = set_losses(logits, boxes, target_sets, matches, self.config.no_object_weight, self.score_target)
+        return {f"loss_dec_ce{suffix}": ce, f"loss_dec_l1{suffix}": l1, f"loss_dec_giou{suffix}": giou}, matches
+
+    def _answer_targets(self, token: dict, target_sets: TargetSets) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples that have a target (M,) and the index, in each one's set, of the target
+        its single answer learns (M,): the one DETR's matching cost puts nearest."""
+        matches = hungarian_match(token["logits"][:, None], token["boxes"][:, None], target_sets, self.costs)
+        rows = [i for i, (_, goal) in enumerate(matches) if len(goal)]
+        device = token["logits"].device
+        chosen = [int(matches[i][1][0]) for i in rows]
+        return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(chosen, dtype=torch.long, device=device)
+
+    def _token_class_loss(self, token: dict, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The answer's score: "object" (or, with "iou", its box's IoU with the target) for the
+        samples ``rows`` with a target (``targets`` (M, 4)), "no object" for the others."""
+        logits = token["logits"]
+        object_target = torch.zeros(len(logits), device=logits.device)
+        if self.score_target == "iou":
+            object_target[rows] = paired_iou(token["boxes"][rows].detach(), targets)
+        else:
+            object_target[rows] = 1.0
+        return class_loss(logits, object_target, torch.ones_like(object_target))
+
+    def forward(self, outputs: dict, targets: torch.Tensor | TargetSets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """outputs: the model's dict; targets: see the class docstring.
 
         Returns (losses, stats): named unweighted losses (see ``weight_dict`` and
         ``decoder_weight_dict``) and scalar statistics such as the DWBD weight.
         """
+        if outputs["token"]["logits"].dim() == 3:  # every cell answers (cell scores)
+            return self._every_cell_answers(outputs, as_target_sets(targets))
+        sets = None if isinstance(targets, torch.Tensor) else as_target_sets(targets)
+        if sets is not None and all(len(t) == 1 for t in sets):
+            targets, sets = torch.stack([t[0] for t in sets]), None
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
         token = outputs["token"]
-        object_labels = torch.full((len(targets),), OBJECT, dtype=torch.long, device=targets.device)
-        token_ce = F.cross_entropy(token["logits"].float(), object_labels)
+        device = token["logits"].device
+        if sets is None:
+            rows, chosen = torch.arange(len(targets), device=device), None
+        else:
+            rows, chosen = self._answer_targets(token, sets)
+            targets = torch.stack([sets[r][j] for r, j in zip(rows.tolist(), chosen.tolist())]) if len(rows) else None
+            targets = targets.to(device).float() if targets is not None else torch.zeros(0, 4, device=device)
+        token_ce = self._token_class_loss(token, rows, targets)
         positives = positive_cells(targets, outputs["grid"])
-        token_l1, token_giou = cell_box_losses(token["cell_boxes"], targets, positives)
+        token_l1, token_giou = cell_box_losses(token["cell_boxes"][rows], targets, positives)
         balance = 0.0
         decoder = outputs.get("decoder")
         if decoder is not None:
-            decoder_losses, matched = self._decoder_losses(decoder, targets, "")
+            if sets is None:
+                decoder_losses, matched = self._decoder_losses(decoder, targets, "")
+                if self.config.aux:
+                    for i, aux in enumerate(decoder["aux"]):
+                        losses |= self._decoder_losses(aux, targets, f"_{i}")[0]
+                teacher_rows = rows
+                pair_rows, pair_preds, pair_goals = rows, matched, targets
+            else:
+                decoder_losses, matches = self._decoder_set_losses(decoder, sets, "")
+                if self.config.aux:
+                    for i, aux in enumerate(decoder["aux"]):
+                        losses |= self._decoder_set_losses(aux, sets, f"_{i}")[0]
+                pair_rows, pair_preds, _, pair_goals = matched_pairs(decoder["boxes"], sets, matches)
+                # The decoder's query matched to the target each answer learns (none if unmatched).
+                teacher_rows, matched = [], []
+                for k, (r, j) in enumerate(zip(rows.tolist(), chosen.tolist())):
+                    found = matches[r][0][matches[r][1] == j]
+                    if len(found):
+                        teacher_rows.append(k)
+                        matched.append(int(found[0]))
+                teacher_rows = torch.tensor(teacher_rows, dtype=torch.long, device=device)
+                matched = torch.tensor(matched, dtype=torch.long, device=device)
             losses |= decoder_losses
-            if self.config.aux:
-                for i, aux in enumerate(decoder["aux"]):
-                    losses |= self._decoder_losses(aux, targets, f"_{i}")[0]
-            rows = torch.arange(len(targets), device=targets.device)
-            teacher_boxes = decoder["boxes"][rows, matched].detach().float()
             if self.config.dwbd:
                 with torch.no_grad():
-                    fg = decoder["logits"][rows, matched].float().softmax(-1)[:, OBJECT]
-                    balance_tensor = (fg * paired_iou(teacher_boxes, targets)).mean()
+                    fg = decoder["logits"][pair_rows, pair_preds].float().softmax(-1)[:, OBJECT]
+                    pairs = fg * paired_iou(decoder["boxes"][pair_rows, pair_preds].float(), pair_goals)
+                    balance_tensor = pairs.mean() if len(pairs) else pairs.new_zeros(())
                 balance = float(balance_tensor)
-                kd_l1, kd_giou = cell_box_losses(token["cell_boxes"], teacher_boxes, positives)
+                teacher_boxes = decoder["boxes"][rows[teacher_rows], matched].detach().float()
+                kd_l1, kd_giou = cell_box_losses(token["cell_boxes"][rows[teacher_rows]], teacher_boxes, positives[teacher_rows])
                 losses |= {
                     "loss_tok_kd_ce": token_ce * balance_tensor,
                     "loss_tok_kd_l1": kd_l1 * balance_tensor,
@@ -181,11 +270,81 @@ class GroundingCriterion(nn.Module):
                 }
                 stats["dwbd_weight"] = balance
         if self.config.token_ref > 0:
-            losses["loss_tok_ref"] = reference_loss(token["ref_logits"], outputs["grid"], targets, token.get("content_logits"))
+            content = token.get("content_logits")
+            losses["loss_tok_ref"] = (
+                reference_loss(token["ref_logits"][rows], outputs["grid"], targets, None if content is None else content[rows])
+                if len(rows) else token["ref_logits"].float().sum() * 0.0
+            )
         scale = 1.0 - balance if (self.config.dwbd and decoder is not None) else 1.0
         losses |= {"loss_tok_ce": token_ce * scale, "loss_tok_l1": token_l1 * scale, "loss_tok_giou": token_giou * scale}
         return losses, stats
 
+    def _cell_set_losses(self, token: dict, target_sets: TargetSets, grid: tuple[int, int]) -> tuple:
+        """A token branch whose every cell answers: (class loss, L1, 1 - GIoU). The cells'
+        scores are trained by Hungarian matching of cells to targets (a matched cell learns
+        "object", or its box's IoU; every other "no object", weighted no_object_weight); the
+        boxes, as with one target, on every cell that lies on a target (the target whose centre
+        is nearest, where targets overlap), each sample's cells sharing its weight."""
+        logits, cell_boxes = token["logits"], token["cell_boxes"]
+        matches = hungarian_match(logits, cell_boxes, target_sets, self.costs)
+        images, cells, predicted, goals = matched_pairs(cell_boxes, target_sets, matches)
+        object_target = torch.zeros(logits.shape[:2], device=logits.device)
+        weights = self.class_weight[NO_OBJECT].expand(logits.shape[:2]).clone()
+        object_target[images, cells] = paired_iou(predicted.detach(), goals) if self.score_target == "iou" else 1.0
+        weights[images, cells] = 1.0
+        ce = class_loss(logits, object_target, weights)
+        rows, cell_goals, positives = set_positive_cells(target_sets, grid, logits.device)
+        l1, giou = cell_box_losses(cell_boxes[rows], cell_goals, positives)
+        return ce, l1, giou
+
+    def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:
+        """forward() for a token branch whose every cell answers (a "cells" head with several
+        queries): the cells' set loss, the pointing loss on the samples with one target, the
+        decoder's set loss, and DWBD with the decoder's matched boxes as the cells' targets."""
+        token, grid, device = outputs["token"], outputs["grid"], outputs["token"]["logits"].device
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}
+        ce, l1, giou = self._cell_set_losses(token, target_sets, grid)
+        balance = None
+        decoder = outputs.get("decoder")
+        if decoder is not None:
+            decoder_losses, matches = self._decoder_set_losses(decoder, target_sets, "")
+            losses |= decoder_losses
+            if self.config.aux:
+                for i, aux in enumerate(decoder["aux"]):
+                    losses |= self._decoder_set_losses(aux, target_sets, f"_{i}")[0]
+            if self.config.dwbd:
+                with torch.no_grad():
+                    images, queries, teacher_boxes, goals = matched_pairs(decoder["boxes"].detach(), target_sets, matches)
+                    fg = decoder["logits"][images, queries].float().softmax(-1)[:, OBJECT]
+                    pairs = fg * paired_iou(teacher_boxes, goals)
+                    balance = pairs.mean() if len(pairs) else pairs.new_zeros(())
+                teacher_sets = [teacher_boxes[images == i] for i in range(len(target_sets))]
+                kd = self._cell_set_losses(token, teacher_sets, grid)
+                losses |= {f"loss_tok_kd_{k}": v * balance for k, v in zip(("ce", "l1", "giou"), kd)}
+                stats["dwbd_weight"] = float(balance)
+        if self.config.token_ref > 0:
+            single = torch.tensor([i for i, t in enumerate(target_sets) if len(t) == 1], dtype=torch.long, device=device)
+            if len(single):
+                targets = torch.stack([target_sets[i][0] for i in single.tolist()]).to(device).float()
+                content = token.get("content_logits")
+                losses["loss_tok_ref"] = reference_loss(token["ref_logits"][single], grid, targets,
+                                                        None if content is None else content[single])  # fmt: skip
+            else:
+                losses["loss_tok_ref"] = token["ref_logits"].float().sum() * 0.0
+        scale = 1.0 if balance is None else 1.0 - balance
+        return losses | {"loss_tok_ce": ce * scale, "loss_tok_l1": l1 * scale, "loss_tok_giou": giou * scale}, stats
+
     def total(self, losses: dict[str, torch.Tensor], decoder_layers: int) -> torch.Tensor:
         weights = self.weight_dict | self.decoder_weight_dict(decoder_layers)
         return sum(losses[k] * weights[k] for k in losses if k in weights)
+
+
+def build_criterion(model: ModelConfig, loss: LossConfig) -> nn.Module:
+    """The training loss of the model's head type: :class:`GroundingCriterion` ("cells") or
+    :class:`~simvg.models.simvg_criterion.SimVGCriterion` ("simvg"); each builds its own loss
+    weights. Both are called as ``criterion(outputs, targets)`` and ``criterion.total(losses,
+    decoder_layers)``."""
+    if model.head.type == "simvg":
+        return SimVGCriterion(loss, model.head.decoder_layers)
+    return GroundingCriterion(loss)

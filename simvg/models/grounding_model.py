@@ -25,6 +25,7 @@ from simvg.models.heads.folded_token_branch import (
     folded_parameter_names,
 )
 from simvg.models.heads.position_encoding import sine_position_encoding
+from simvg.models.heads.simvg_head import SimVGHead
 from simvg.models.heads.token_branch import MultiBranchTokenHead
 
 __all__ = ["SimVG", "build_model", "cell_detail", "ProjectedCellDetail"]
@@ -61,13 +62,18 @@ class SimVG(nn.Module):
     forward(images (B, 3, S, S) uint8, pixel_mask (B, S, S) bool, input_ids (B, L),
     text_mask (B, L) bool; use_decoder, all_cells optional) returns a dict:
       "token": {"logits": (B, 2), "boxes": (B, 4), "ref_logits": (B, N)} (+ "cell_boxes"
-        (B, N, 4) in training or with all_cells=True; + "branches", "gate" with ONE heads),
+        (B, N, 4) in training or with all_cells=True; + "branches", "gate" with ONE heads);
+        with head.num_queries > 1 every cell answers: "logits" (B, N, 2), "boxes" (B, N, 4),
       "decoder": {"logits": (B, Q, 2), "boxes": (B, Q, 4), "aux": [...]} when the decoder
         branch runs,
       "object_token": (B, D) the fused token the token branch reads,
       "visual_tokens": (B, N, W) the encoder's fused visual tokens, "visual_mask": (B, N) bool,
       "visual_content": (B, N, W) the visual tokens before fusion (hybrid encoder only).
     Boxes are normalised cx, cy, w, h in the letterbox frame; class 0 = object.
+
+    With ``model.head.type: simvg`` the head is SimVG's (:class:`SimVGHead`, weights under
+    ``head.``) and the outputs are those its docstring lists; the rest of this class (the
+    modules below, ONE branches, folding) is the "cells" head's.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int, backbone_config: dict | None = None):
@@ -76,20 +82,25 @@ class SimVG(nn.Module):
         head = config.head
         self.encoder = build_encoder(config, vocab_size, backbone_config)
         width = self.encoder.hidden_size
+        if head.type == "simvg":
+            self.head = SimVGHead(width, head)
+            return
         dim = head.hidden_dim
         self.object_proj = nn.Linear(width, dim)
         self.text_proj = nn.Linear(width, dim)
         self.query_generator = TextGuidedQueryGenerator(
             dim, head.num_queries, head.tqg_layers, head.tqg_heads, head.tqg_ffn, head.dropout
         )
+        # Several queries: phrases may name several objects or none, so every cell answers.
+        cell_scores = head.num_queries > 1
         if head.token_branches > 1:
             self.token_head: nn.Module = MultiBranchTokenHead(
                 dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window,
-                head.landmark_relation, head.landmark_pointer, width,
+                head.landmark_relation, head.landmark_pointer, width, cell_scores,
             )  # fmt: skip
         else:
             self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation,
-                                          head.landmark_pointer, width)  # fmt: skip
+                                          head.landmark_pointer, width, cell_scores)  # fmt: skip
         self.visual_proj = nn.Linear(width, dim)
         # Finer stem features (one stage before the token grid) give the token branch's
         # per-cell boxes the detail that small objects need; only the hybrid has a stem.
@@ -105,7 +116,7 @@ class SimVG(nn.Module):
         """Replace a ONE multi-branch token head by its branch ``index`` (a plain token
         branch), dropping the other branches and the gate; ``self.config`` is updated so the
         model saves and reloads as a single-branch one. Outputs of that branch are unchanged."""
-        if not isinstance(self.token_head, MultiBranchTokenHead):
+        if not isinstance(getattr(self, "token_head", None), MultiBranchTokenHead):
             raise ValueError("this model's token head has a single branch; there is nothing to drop")
         branches = self.token_head.one.branches
         if not 0 <= index < len(branches):
@@ -117,7 +128,8 @@ class SimVG(nn.Module):
     def keep_deployed_branch(self) -> None:
         """Keep only the branch a ONE head deploys (``head.deploy_branch``), as the model runs
         at inference; a model without one is left as it is."""
-        if isinstance(self.token_head, MultiBranchTokenHead) and self.token_head.deploy_branch is not None:
+        token_head = getattr(self, "token_head", None)
+        if isinstance(token_head, MultiBranchTokenHead) and token_head.deploy_branch is not None:
             self.keep_token_branch(self.token_head.deploy_branch)
 
     def forward(
@@ -134,6 +146,8 @@ class SimVG(nn.Module):
 
     def heads(self, encoded: EncoderOutput, use_decoder: bool | None = None, all_cells: bool | None = None) -> dict:
         """Everything after the encoder: forward()'s result from the encoder's outputs."""
+        if self.config.head.type == "simvg":
+            return self.head(encoded, use_decoder)
         text = self.text_proj(encoded.text_tokens)
         queries = self.query_generator(text, encoded.text_mask)
         object_token = self.object_proj(encoded.object_token) + queries[:, 0]
@@ -176,7 +190,7 @@ class SimVG(nn.Module):
         """The (deployed) token branch folded with ``visual_proj`` and ``detail_proj`` for
         inference (:mod:`~simvg.models.heads.folded_token_branch`), kept between calls; None
         in training, with autograd on, when every cell's box is asked for, when the answer
-        reads more than the peak cell, for a ONE ensemble, when the folded modules have forward
+        reads more than the peak cell or every cell answers (cell scores), for a ONE ensemble, when the folded modules have forward
         hooks, or when the weights cannot be kept (see DerivedWeights: then the branch runs as
         it is)."""
         if all_cells or not inference_only(self):
@@ -186,7 +200,9 @@ class SimVG(nn.Module):
             if branch.deploy_branch is None:
                 return None
             branch, path = branch.one.branches[branch.deploy_branch], f"{path}.one.branches.{branch.deploy_branch}"
-        if branch.reference_window != 1 or hooked(self.token_head, self.visual_proj, self.detail_proj):
+        if branch.reference_window != 1 or branch.score_head is not None:  # several answers: every cell is read
+            return None
+        if hooked(self.token_head, self.visual_proj, self.detail_proj):
             return None
         if not hasattr(self, "_derived"):
             self._derived, self._fold_groups = DerivedWeights(), {}

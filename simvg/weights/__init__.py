@@ -1,7 +1,7 @@
 """Checkpoints shipped inside the package.
 
 ``DEFAULT_MODEL_DIR`` is the distilled SynthRef student that the demo serves by default;
-README "Shipped default model" gives the command that rebuilds it.
+`make default-model` rebuilds it (docs/distillation-study.md, "The shipped default model").
 """
 
 from pathlib import Path

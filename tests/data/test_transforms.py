@@ -168,3 +168,107 @@ def test_a_crop_drops_the_scene_objects_it_cuts_away_and_moves_the_rest_with_the
                 x0, y0, x1, y1 = max(x0, left), max(y0, top), min(x1, right), min(y1, bottom)
                 assert found[name] == pytest.approx(((x0 + x1) / 2, (y0 + y1) / 2), abs=0.01)
     assert seen["far"] == {True, False}  # some crops cut it away, others keep it
+
+
+# --- SimVG's pre-processing: stretch resize and large-scale jitter ---
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (333, 1000), (97, 61), (1999, 37)])
+def test_stretch_fills_the_square_and_boxes_map_back_exactly(tokenizer, width, height):
+    pre = Preprocessor(tokenizer, image_size=96, max_text_length=20, resize="stretch")
+    box = (width * 0.2, height * 0.3, width * 0.6, height * 0.9)
+    sample = pre(LoadedImage(np.zeros((height, width, 3), np.uint8), width, height), "thing", box)
+    assert sample.image.shape == (3, 96, 96) and bool(sample.pixel_mask.all())
+    assert (sample.letterbox.scale_x, sample.letterbox.scale_y) == pytest.approx((96 / width, 96 / height))
+    # The box covers the same share of the input as of the image, on each axis.
+    cx, cy, w, h = sample.target.tolist()
+    assert (cx, cy, w, h) == pytest.approx((0.4, 0.6, 0.4, 0.6), abs=1e-5)
+    back = letterbox_to_original(sample.target[None], 96, [sample.letterbox])[0]
+    assert torch.allclose(back, torch.tensor(box, dtype=back.dtype), atol=0.01 * max(width, height))
+
+
+def test_large_scale_jitter_keeps_most_of_the_target(tokenizer):
+    from simvg.data.transforms import large_scale_jitter
+
+    width, height, size = 300, 200, 100
+    box = (240.0, 20.0, 290.0, 70.0)  # near the top-right corner
+    pixels = np.zeros((height, width, 3), np.uint8)
+    ratios, crops = [], 0
+    for seed in range(60):
+        image, jitter = large_scale_jitter(pixels, width, height, size, box, (0.3, 1.4), np.random.default_rng(seed))
+        assert image.shape[:2] == (jitter.height, jitter.width)
+        ratio = jitter.scale_x * max(width, height) / size  # the drawn jitter factor
+        ratios.append(ratio)
+        placed = jitter.box(box)
+        assert placed is not None
+        scaled = (box[2] - box[0]) * jitter.scale_x * (box[3] - box[1]) * jitter.scale_y
+        kept = (placed[2] - placed[0]) * (placed[3] - placed[1]) / scaled
+        if ratio > 1.0:  # cropped to the unjittered size (longer side `size`), keeping >= half the target
+            crops += 1
+            assert (jitter.width, jitter.height) == (size, round(height * size / width))
+            assert kept >= 0.5 - 1e-6
+        else:  # only rescaled
+            assert (jitter.left, jitter.top) == (0, 0) and kept == pytest.approx(1.0)
+    assert min(ratios) >= 0.3 - 0.01 and max(ratios) <= 1.4 + 0.01 and 10 < crops < 50
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+def test_jittered_box_follows_the_object_and_nothing_flips(tokenizer, resize):
+    augment = AugmentConfig(scale=[0.3, 1.4], flip=0.0, color=0.0, mode="lsj")
+    pre = Preprocessor(tokenizer, image_size=96, max_text_length=20, augment=augment, resize=resize)
+    image = scene(200, 150, (120, 30, 170, 90))
+    targets = set()
+    for seed in range(16):
+        sample = pre(image, "the red box on the left", (120, 30, 170, 90), seed=seed)
+        assert sample.phrase == "the red box on the left"
+        cx, cy, w, h = (sample.target * 96).tolist()
+        targets.add((round(cx), round(w)))
+        # Blur from down-scaling softens the edges: look inside the box.
+        assert red_fraction(sample, (cx - w / 4, cy - h / 4, cx + w / 4, cy + h / 4)) > 0.9
+        assert (sample.image[:, ~sample.pixel_mask] == 0).all()
+        if resize == "stretch":
+            assert bool(sample.pixel_mask.all())
+    assert len(targets) > 4  # the jitter moves and scales the target
+
+
+def test_jitter_moves_the_landmark_and_scene_with_the_target(tokenizer):
+    augment = AugmentConfig(scale=[1.4, 1.4], flip=0.0, color=0.0, mode="lsj")
+    pre = Preprocessor(tokenizer, image_size=100, max_text_length=20, augment=augment, resize="stretch")
+    image = scene(200, 100, (60, 40, 80, 60))
+    # Every crop keeps the target and the landmark whole; some cut the "edge" object's centre away.
+    objects = [((60, 40, 80, 60), "target"), ((100, 45, 120, 65), "landmark"), ((160, 20, 180, 40), "edge")]
+    edge_seen = set()
+    for seed in range(12):
+        sample = pre(image, "the square", (60, 40, 80, 60), seed=seed, landmark_xyxy=(100, 45, 120, 65),
+                     scene_objects=objects)  # fmt: skip
+        found = {category: (x, y) for x, y, category in sample.meta["objects"]}
+        tx, ty, tw, th = sample.target.tolist()
+        assert found["target"] == pytest.approx((tx, ty), abs=1e-4)
+        per_x, per_y = tw / 20, th / 20  # normalised units per original pixel
+        # x 200 px -> 140 jittered, cropped to 100 (1 : 1 to the input); y 100 -> 70, cropped to 50, stretched x 2.
+        assert (per_x, per_y) == pytest.approx((0.007, 0.014), abs=1e-4)
+        landmark = (tx + per_x * (110 - 70), ty + per_y * (55 - 50))
+        assert sample.meta["landmark"] == pytest.approx(landmark, abs=0.005)
+        assert found["landmark"] == pytest.approx(landmark, abs=0.005)
+        edge_visible = tx + per_x * (170 - 70) < 1.0
+        edge_seen.add(edge_visible)
+        assert ("edge" in found) == edge_visible, seed
+    assert edge_seen == {True, False}
+
+
+def test_jitter_keeps_every_target_of_a_set_and_jitters_phrases_without_one(tokenizer):
+    augment = AugmentConfig(scale=[0.3, 1.4], flip=0.0, color=0.0, mode="lsj")
+    pre = Preprocessor(tokenizer, image_size=96, max_text_length=20, augment=augment, resize="stretch")
+    pixels = np.full((150, 200, 3), 90, np.uint8)
+    boxes = [(20, 30, 60, 70), (130, 80, 180, 130)]
+    for x0, y0, x1, y1 in boxes:
+        pixels[y0:y1, x0:x1] = (250, 10, 10)
+    image = LoadedImage(pixels, 200, 150)
+    for seed in range(10):
+        sample = pre(image, "all the red boxes", boxes_xyxy=boxes, seed=seed)
+        assert sample.target is None and sample.target_set.shape == (2, 4)
+        for cx, cy, w, h in (sample.target_set * 96).tolist():
+            assert red_fraction(sample, (cx - w / 4, cy - h / 4, cx + w / 4, cy + h / 4)) > 0.9
+    empty = [pre(image, "the green box", boxes_xyxy=[], seed=seed) for seed in range(6)]
+    assert all(s.target_set.shape == (0, 4) for s in empty)
+    assert len({s.image[0].float().mean().round(decimals=1).item() for s in empty}) > 1  # jittered: crops differ

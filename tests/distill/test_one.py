@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill.one import ONE, one_loss, sigmoid_rampup
+from distill.losses import kd_loss
+from distill.one import ONE, one_kd_loss, one_loss, sigmoid_rampup
 
 
 class CountingHead(nn.Module):
@@ -116,3 +117,27 @@ def test_sigmoid_rampup_endpoints():
     assert sigmoid_rampup(3, 0) == 1.0
     values = [sigmoid_rampup(e, 80) for e in range(81)]
     assert values == sorted(values)
+
+
+def test_one_kd_loss_teaches_every_branch_from_the_detached_ensemble():
+    branches = [torch.randn(4, 9, requires_grad=True) for _ in range(3)]
+    gate = torch.softmax(torch.randn(4, 3), dim=-1)
+    ensemble = sum(gate[:, k : k + 1] * branches[k] for k in range(3))  # ONE's teacher: gated logits
+    loss = one_kd_loss(branches, ensemble, temperature=3.0)
+    assert torch.allclose(loss, sum(kd_loss(b, ensemble, 3.0) for b in branches))
+    loss.backward()
+    # Only as a student does a branch get a gradient: the ensemble target is detached, so a
+    # branch's gradient is its own T * (softmax(b/T) - softmax(ens/T)) / B, nothing through the gate.
+    for b in branches:
+        expected = 3.0 * (F.softmax(b / 3, dim=-1) - F.softmax(ensemble.detach() / 3, dim=-1)) / 4
+        assert torch.allclose(b.grad, expected, atol=1e-6)
+
+
+def test_one_kd_loss_over_cells_allows_masked_cells():
+    lowest = torch.finfo(torch.float32).min
+    mask = torch.tensor([True, False, True, True, False, True])
+    branches = [torch.randn(2, 6).masked_fill(~mask, lowest) for _ in range(2)]
+    ensemble = 0.5 * branches[0] + 0.5 * branches[1]  # the gated sum of masked logits
+    loss = one_kd_loss(branches, ensemble)
+    assert torch.isfinite(loss) and loss > 0
+    assert one_kd_loss([ensemble, ensemble], ensemble).abs() < 1e-6

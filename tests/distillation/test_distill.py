@@ -71,7 +71,7 @@ def test_distilled_student_is_an_ordinary_checkpoint(tiny_run, synthref_root, tm
     assert len(single.box) == 4 and len(ensemble.box) == 4
     with open(tmp_path / "student" / "train_log.csv") as f:
         header = f.readline()
-    for loss in ("loss_gt_l1", "loss_one_l1", "loss_box_kd_l1", "loss_at", "loss_mimic"):
+    for loss in ("loss_gt_l1", "loss_one_cells", "loss_one_l1", "loss_cell_kd", "loss_box_kd_l1", "loss_at", "loss_mimic"):
         assert loss in header
 
     # Export keeping only the deployed branch: fewer parameters, the same box, reloads as a
@@ -85,10 +85,13 @@ def test_distilled_student_is_an_ordinary_checkpoint(tiny_run, synthref_root, tm
     assert main(["export", str(exported), str(tmp_path / "again"), "--keep-branch", "0"]) == 2
 
 
-def test_distillation_resumes_exactly(tiny_run, synthref_root, tmp_path):
-    assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight") == 0
-    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--stop-after", "4") == 0
-    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--resume") == 0
+@pytest.mark.parametrize("objective", ["full", "teacher"])
+def test_distillation_resumes_exactly(tiny_run, synthref_root, tmp_path, objective):
+    # The "teacher" objective's start model is rebuilt on resume: the same self-regularisation target.
+    sets = ["--set", f"distill.objective={objective}"]
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight", *sets) == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--stop-after", "4", *sets) == 0
+    assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--resume", *sets) == 0
     a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
     for name in a:
@@ -99,18 +102,53 @@ def test_takfl_merges_students_distilled_from_each_teacher(tiny_run, second_teac
     assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl") == 0
     run = tmp_path / "takfl"
     assert (run / "teacher0" / "last").is_dir() and (run / "teacher1" / "last").is_dir()
+    # Each per-teacher run distils from its teacher alone, without ground truth.
+    for j in (0, 1):
+        saved = json.loads((run / f"teacher{j}" / "last" / "config.json").read_text())
+        assert saved["config"]["distill"]["objective"] == "teacher"
+        with open(run / f"teacher{j}" / "train_log.csv") as f:
+            header = f.readline().strip().split(",")
+        assert "loss_takfl_cells" in header and "loss_box_kd_l1" in header
+        assert not [c for c in header if c.startswith(("loss_gt", "loss_tok_ref", "loss_one", "loss_at", "loss_mimic"))]
     meta = json.loads((run / "last" / "config.json").read_text())
-    assert meta["merge"] == "takfl" and len(meta["lambdas"]) == 2 and len(meta["lambda_scores"]) > 2
-    # θ = θ0 + Σ λ_j (θ_j − θ0), with θ0 the shared start.
+    lambdas = meta["lambdas"]
+    assert meta["merge"] == "takfl" and len(lambdas) == 2 and min(lambdas) >= 0 and sum(lambdas) == pytest.approx(1)
+    assert len(meta["lambda_scores"]) == 1 + 3 * 2  # uniform + the tiny recipe's 2 random points per exponent
+    # θ = θ0 + Σ λ_j (θ_j − θ0), with θ0 the shared start: the student as built from the first teacher.
+    teacher, _, teacher_config, teacher_meta = load_checkpoint(tiny_run / "last")
+    start = build_student(teacher, teacher_config, teacher_meta["backbone_config"], teacher_meta["vocab_size"],
+                          load_config(DISTILL_TINY))[0].state_dict()  # fmt: skip
     merged = load_file(str(run / "last" / "model.safetensors"))
-    first = load_file(str(run / "teacher0" / "last" / "model.safetensors"))
-    assert merged.keys() == first.keys()
+    ends = [load_file(str(run / f"teacher{j}" / "last" / "model.safetensors")) for j in (0, 1)]
+    assert merged.keys() == ends[0].keys()
+    for name, value in merged.items():
+        if value.is_floating_point():
+            expected = start[name] + sum(lam * (end[name] - start[name]) for lam, end in zip(lambdas, ends))
+            assert torch.allclose(value, expected, atol=1e-5), name
     Grounder.from_pretrained(run / "last", device="cpu")
 
 
-def test_averaged_teachers_baseline_is_one_run(tiny_run, second_teacher, synthref_root, tmp_path):
+@pytest.mark.parametrize("mode", ["tuned", "uniform"])
+def test_takfl_lambdas_tuned_or_uniform_lie_on_the_simplex(tiny_run, second_teacher, synthref_root, tmp_path, mode):
+    assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl",
+                   "--set", f"distill.merge_lambdas={mode}") == 0  # fmt: skip
+    lambdas = json.loads((tmp_path / "takfl" / "last" / "config.json").read_text())["lambdas"]
+    assert len(lambdas) == 2 and min(lambdas) >= 0 and sum(lambdas) == pytest.approx(1)
+    if mode == "uniform":
+        assert lambdas == [0.5, 0.5]
+
+
+def test_takfl_is_refused_with_the_ground_truth_objective(tiny_run, second_teacher, synthref_root, tmp_path, capsys):
+    assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "takfl",
+                   "--set", "distill.objective=full") == 2  # fmt: skip
+    assert "distill.objective=teacher" in capsys.readouterr().err
+    assert not (tmp_path / "takfl" / "teacher0").exists()
+
+
+@pytest.mark.parametrize("objective", ["full", "teacher"])
+def test_averaged_teachers_baseline_is_one_run(tiny_run, second_teacher, synthref_root, tmp_path, objective):
     assert distill([tiny_run / "last", second_teacher], synthref_root, tmp_path / "avg",
-                   "--set", "distill.merge=average") == 0  # fmt: skip
+                   "--set", "distill.merge=average", "--set", f"distill.objective={objective}") == 0  # fmt: skip
     assert (tmp_path / "avg" / "last").is_dir() and not (tmp_path / "avg" / "teacher0").exists()
 
 
@@ -193,8 +231,9 @@ def test_stem_hints_fit_the_cheap_stem_to_the_teachers_stem(tiny_run, synthref_r
         fit_student_stem(student, teacher, train_set, config, torch.device("cpu"), tokenizer.pad_token_id)
 
 
-def test_distillation_with_stem_hints_resumes_exactly(tiny_run, synthref_root, tmp_path):
-    hint = ["--set", "distill.stem_hint_steps=3"]
+@pytest.mark.parametrize("objective", ["full", "teacher"])
+def test_distillation_with_stem_hints_resumes_exactly(tiny_run, synthref_root, tmp_path, objective):
+    hint = ["--set", "distill.stem_hint_steps=3", "--set", f"distill.objective={objective}"]
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "straight", *hint) == 0
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--stop-after", "4", *hint) == 0
     assert distill([tiny_run / "last"], synthref_root, tmp_path / "resumed", "--resume", *hint) == 0

@@ -46,8 +46,9 @@ def test_round_trip_gives_identical_predictions(tmp_path):
 
 
 def test_checkpoints_with_the_retired_pointer_biases_still_load(tmp_path):
-    # The words landmark pointer once had a selection bias and a key bias, which could not
-    # change any output (constants before a softmax); older checkpoints carry them.
+    # The words landmark pointer once had a selection bias and a key bias, and the token branch
+    # a key bias, none of which could change any output (constants before a softmax); older
+    # checkpoints carry them.
     from safetensors.torch import load_file, save_file
 
     config = load_config(TINY_CONFIG)
@@ -58,9 +59,10 @@ def test_checkpoints_with_the_retired_pointer_biases_still_load(tmp_path):
     weights = load_file(tmp_path / "ckpt" / "model.safetensors")
     prefix = "token_head.landmark_relation.pointer"
     weights[f"{prefix}.select.bias"], weights[f"{prefix}.key.bias"] = torch.ones(1), torch.ones(256)
+    weights["token_head.key.bias"] = torch.ones(model.token_head.key.out_features)
     save_file(weights, tmp_path / "ckpt" / "model.safetensors")
     loaded = load_checkpoint(tmp_path / "ckpt")[0]
-    assert f"{prefix}.select.bias" not in loaded.state_dict()
+    assert f"{prefix}.select.bias" not in loaded.state_dict() and "token_head.key.bias" not in loaded.state_dict()
     with pytest.raises(CheckpointError, match="does not match"):  # any other extra key is still an error
         weights["token_head.unknown"] = torch.ones(1)
         save_file(weights, tmp_path / "ckpt" / "model.safetensors")
@@ -206,3 +208,32 @@ def test_a_training_runs_module_state_is_saved_in_the_same_atomic_step(tmp_path)
     # A checkpoint saved without training state over one with it keeps none of the old one's.
     save_tiny(tmp_path / "last")
     assert not (tmp_path / "last" / "training_module.safetensors").exists()
+
+
+def test_a_checkpoint_records_the_pretrained_alias_not_where_the_package_is(tmp_path):
+    # A model built from the "minilm-l6" alias reads its weights from the installed package's
+    # folder, and Hugging Face's config remembers that folder; the checkpoint must not.
+    from simvg.models.pretrained import minilm_directory
+
+    config = load_config(TINY_CONFIG, ["model.encoder.pretrained=minilm-l6", "model.encoder.layers=[0]"])
+    tokenizer = load_tokenizer("minilm-l6")
+    model = build_model(config.model, len(tokenizer))
+    assert str(minilm_directory()) in json.dumps(model.encoder.backbone_config())  # what Hugging Face keeps
+    save_checkpoint(tmp_path / "ckpt", model, config, model.encoder.backbone_config(), tokenizer)
+    package = str(minilm_directory().parent.parent)  # the site-packages folder
+    for path in (tmp_path / "ckpt").iterdir():
+        assert package.encode() not in path.read_bytes(), path.name
+    meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert meta["backbone_config"]["_name_or_path"] == "minilm-l6"
+    loaded = load_checkpoint(tmp_path / "ckpt")[0]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_an_exported_copy_names_its_teachers_without_absolute_paths(tmp_path, monkeypatch):
+    from simvg.engine.checkpoint import shareable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert shareable_path(str(tmp_path / "runs" / "teacher" / "best")) == "runs/teacher/best"
+    assert shareable_path("/elsewhere/runs/teacher/best") == "teacher/best"
+    assert shareable_path("runs/teacher/best") == "runs/teacher/best"

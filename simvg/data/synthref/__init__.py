@@ -20,10 +20,15 @@ with one record per referred object (1-2 per image):
 
 testA holds attribute/location phrases only, testB relation/comparison only; train and val
 hold all four types in about equal shares.
+
+With `generalized=True` it writes SynthRef-G (`generalized.py`, docs/synthref-g.md): records
+whose phrases denote one object, several or none, with per-phrase box lists in `bbox` (SimVG's
+GREC layout) and `target_indices` instead of `target_index`.
 """
 
+from .generalized import make_generalized_example
 from .generate import DEFAULT_COUNTS, generate_synthref, make_example
-from .programs import Desc, Program, evaluate
+from .programs import Desc, Program, evaluate, evaluate_set
 from .vocabulary import FLIP_WORDS
 
 __all__ = [
@@ -32,6 +37,8 @@ __all__ = [
     "Desc",
     "Program",
     "evaluate",
+    "evaluate_set",
     "generate_synthref",
     "make_example",
+    "make_generalized_example",
 ]

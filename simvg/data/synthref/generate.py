@@ -137,7 +137,11 @@ def make_example(
 
 def _work(job: tuple) -> list[dict]:
     """Generate, write and describe the images [start, stop) of one split."""
-    seed, split, start, stop, image_size, image_dir, id_offset = job
+    seed, split, start, stop, image_size, image_dir, id_offset, generalized = job
+    if generalized:
+        from .generalized import make_generalized_example
+
+        return _work_generalized(job, make_generalized_example)
     out = []
     for index in range(start, stop):
         image, parts, objects = make_example(seed, split, index, image_size)
@@ -164,6 +168,41 @@ def _work(job: tuple) -> list[dict]:
                     "category": part["category"],
                     "objects": objects,
                     "target_index": part["target_index"],
+                }
+            )
+    return out
+
+
+def _work_generalized(job: tuple, make) -> list[dict]:
+    """`_work` for SynthRef-G: boxes per expression (SimVG's GREC layout), `target_indices`."""
+    seed, split, start, stop, image_size, image_dir, id_offset, _ = job
+    out = []
+    for index in range(start, stop):
+        image, parts, objects = make(seed, split, index, image_size)
+        image_id = id_offset + index
+        file_name = f"{split}/{image_id:07d}.png"
+        image.save(
+            Path(image_dir) / file_name,
+            format="PNG",
+            compress_level=PNG_COMPRESS_LEVEL,
+            compress_type=PNG_STRATEGY,
+        )
+        for part in parts:
+            boxes = [objects[i]["bbox"] for i in part["target_indices"]]
+            out.append(
+                {
+                    "ref_id": 0,  # assigned in order by the parent
+                    "image_id": image_id,
+                    "file_name": file_name,
+                    "bbox": [boxes for _ in part["expressions"]],
+                    "height": image_size,
+                    "width": image_size,
+                    "expressions": part["expressions"],
+                    "expression_types": part["expression_types"],
+                    "programs": part["programs"],
+                    "category": part["category"],
+                    "objects": objects,
+                    "target_indices": part["target_indices"],
                 }
             )
     return out
@@ -210,6 +249,7 @@ def generate_synthref(
     image_size: int = 256,
     workers: int = 1,
     progress: bool = False,
+    generalized: bool = False,
 ) -> Path:
     """Write a SynthRef dataset under the data root `out` and return its instances.json path.
 
@@ -221,10 +261,14 @@ def generate_synthref(
         image_size: image side in pixels (square images), at least 64.
         workers: processes used to generate (the output does not depend on it).
         progress: print progress to stderr.
+        generalized: write SynthRef-G (see `generalized`): phrases that denote one object,
+            several, or none.
 
     Each record has `bbox` as COCO [x, y, w, h] in pixels, 1-3 `expressions` with their
     `expression_types` and `programs`, and `objects` (every object's bbox/shape/color/size)
-    with `target_index` pointing at the referred one.
+    with `target_index` pointing at the referred one. SynthRef-G records have instead, per
+    expression, the list of its boxes in `bbox` (SimVG's GREC layout; empty for no target)
+    and `target_indices` listing the referred objects (possibly none).
     """
     _check_args(name, counts, seed, image_size, workers)
     root = Path(out)
@@ -236,7 +280,7 @@ def generate_synthref(
         (image_dir / split).mkdir(parents=True, exist_ok=True)
         for start in range(0, counts[split], _CHUNK):
             stop = min(start + _CHUNK, counts[split])
-            jobs.append((seed, split, start, stop, image_size, str(image_dir), offset))
+            jobs.append((seed, split, start, stop, image_size, str(image_dir), offset, generalized))
         offset += counts[split]
     ann_dir.mkdir(parents=True, exist_ok=True)
 

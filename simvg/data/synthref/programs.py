@@ -3,7 +3,10 @@
 A program is a noun-phrase filter (`Desc`) plus an operator that selects one object from the
 objects the filter admits. `evaluate` is the single source of truth: it returns the index of
 the object the program denotes, or None when the program denotes nothing, several objects, or
-an object that a viewer could not pick out with confidence. All position tests work on box
+an object that a viewer could not pick out with confidence. Set programs (SynthRef-G: "all
+the red circles", "the circle left of the star" where none is) select every object that
+satisfies them; `evaluate_set` returns that set, possibly empty, or None when some object is
+too close to call. All position tests work on box
 centres and edges in units of the image side and leave a margin ("ambiguous band") between
 what counts as true and what counts as false; a candidate inside that band makes the whole
 program ambiguous.
@@ -41,6 +44,9 @@ OPS: dict[str, str] = {
     "relate": "relation",
     "compare": "comparison",
 }
+# Set operators (SynthRef-G) and the expression family each belongs to; a set program's type is
+# "multi_<family>" when it denotes two or more objects, "no_target_<family>" when none.
+SET_OPS: dict[str, str] = {"all": "attribute", "region_all": "location", "relate_all": "relation"}
 EXTREMES: tuple[str, ...] = ("left", "right", "top", "bottom")
 REGIONS: tuple[str, ...] = (
     "left",
@@ -87,24 +93,38 @@ class Desc:
 
 @dataclass(frozen=True)
 class Program:
-    """`op` in OPS; `arg` names the direction/region/relation/comparison (None for unique)."""
+    """`op` in OPS or SET_OPS; `arg` names the direction/region/relation/comparison (None for
+    unique and all); `count` (set ops only) is the number of objects the phrase states ("the
+    two red circles", "both ..."), None when it states none."""
 
     op: str
     target: Desc
     arg: str | None = None
     landmark: Desc | None = None
+    count: int | None = None
 
     @property
     def type(self) -> str:
+        """The expression type of a single-object program (see `set_type` for set programs)."""
         return OPS[self.op]
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "op": self.op,
             "target": self.target.as_dict(),
             "arg": self.arg,
             "landmark": None if self.landmark is None else self.landmark.as_dict(),
         }
+        if self.op in SET_OPS:
+            out["count"] = self.count
+        return out
+
+
+def set_type(op: str, n_targets: int) -> str:
+    """Expression type of a set program that denotes `n_targets` objects (0 or >= 2)."""
+    if n_targets == 1:
+        raise ValueError("a set program denoting one object has a single-target type")
+    return f"{'no_target' if n_targets == 0 else 'multi'}_{SET_OPS[op]}"
 
 
 # --- geometric predicates shared by `evaluate` and the fast enumerator ---------------------
@@ -296,3 +316,43 @@ def evaluate(program: Program, objs: Sequence[Obj], side: float) -> int | None:
             return None
         return cands[classes.index(POS)]
     raise ValueError(f"unknown op {op!r}")
+
+
+def evaluate_set(program: Program, objs: Sequence[Obj], side: float) -> list[int] | None:
+    """Indices (ascending) of every object `program` denotes, possibly none; None when the
+    program is unusable (a size word that does not separate sizes, a landmark that is not
+    exactly one object, an object too close to call, or a stated count that is wrong).
+
+    Single-object programs denote their one object (None where `evaluate` gives None).
+    """
+    if program.op in OPS:
+        index = evaluate(program, objs, side)
+        return None if index is None else [index]
+    if not size_safe(objs, program.target):
+        return None
+    members = [i for i, o in enumerate(objs) if program.target.matches(o)]
+    op, arg = program.op, program.arg
+    if op == "all":
+        found = members
+    elif op == "region_all":
+        classes = [region_class(objs[i], arg, side) for i in members]
+        if AMB in classes:
+            return None
+        found = [i for i, c in zip(members, classes) if c == POS]
+    elif op == "relate_all":
+        lm = program.landmark
+        if lm is None or arg not in _DIRS or not size_safe(objs, lm):
+            return None
+        anchors = [i for i, o in enumerate(objs) if lm.matches(o)]
+        if len(anchors) != 1:
+            return None
+        cands = [i for i in members if i != anchors[0]]
+        classes = [direction_class(objs[i], objs[anchors[0]], arg, side) for i in cands]
+        if AMB in classes:
+            return None
+        found = [i for i, c in zip(cands, classes) if c == POS]
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    if program.count is not None and program.count != len(found):
+        return None
+    return found

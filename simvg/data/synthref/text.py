@@ -8,9 +8,10 @@ can be read back into its program unambiguously.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from .programs import Desc, Program
-from .vocabulary import GENERIC_NOUNS, PLURALS, SIZE_WORDS
+from .vocabulary import COUNT_WORDS, GENERIC_NOUNS, PLURALS, SIZE_WORDS
 
 EXTREME_TEMPLATES: dict[str, tuple[str, ...]] = {
     "left": ("the leftmost {np}", "the {np} furthest to the left", "the {np} on the far left"),
@@ -98,3 +99,40 @@ def realise(program: Program, rng: random.Random, corner: bool = False) -> str:
         pl = noun_phrase(program.target, rng, plural=True)
         return rng.choice(COMPARISON_TEMPLATES[arg]).format(pl=pl)
     raise ValueError(f"unknown op {op!r}")
+
+
+def _plural_lead(rng: random.Random, n: int) -> tuple[str, int | None]:
+    """How a phrase about `n` >= 2 objects starts: "the ", "all the ", "the three " or (two)
+    "both ", and the count it states (None for "the" and "all the")."""
+    u = rng.random()
+    if u < 0.35:
+        return "the ", None
+    if u < 0.6:
+        return "all the ", None
+    if n == 2 and u < 0.8:
+        return "both ", 2
+    return f"the {COUNT_WORDS[n]} ", n
+
+
+def realise_set(program: Program, rng: random.Random, n_targets: int) -> tuple[str, Program]:
+    """One phrase for a set program that denotes `n_targets` objects, and the program with the
+    count the phrase states. No target: a singular phrase ("the purple star", "the circle on
+    the left", "the circle left of the star"); two or more: a plural one ("all the red
+    circles", "the two circles on the left", "both squares above the star")."""
+    single_op = {"all": "unique", "region_all": "region", "relate_all": "relate"}[program.op]
+    if n_targets == 0:
+        return realise(Program(single_op, program.target, program.arg, program.landmark), rng), program
+    lead, count = _plural_lead(rng, n_targets)
+    plural = noun_phrase(program.target, rng, plural=True)
+    if program.op == "all":
+        text = f"{lead}{plural}"
+    elif program.op == "region_all":
+        arg = program.arg
+        templates = REGION_TEMPLATES.get(arg, QUADRANT_TEMPLATES)
+        body = rng.choice(templates).removeprefix("the ")
+        text = lead + body.format(np=plural, r=arg)
+    else:
+        assert program.landmark is not None
+        words = rng.choice(RELATION_WORDS[program.arg])
+        text = f"{lead}{plural} {words} the {noun_phrase(program.landmark, rng)}"
+    return text, replace(program, count=count)

@@ -25,6 +25,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 COLOR_JITTER = 12  # max per-channel offset added to an object's colour, in 0..255 units
 
+# Numbers of objects a multi-target phrase may state ("the three circles"); scenes hold 3-8.
+COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
 SIZES: tuple[str, ...] = ("small", "large")
 # Nominal side of an object's square frame, as a fraction of the image side. Large is about
 # twice small, so a 256 px image downscaled to 160 px still shows small objects at 16-21 px.
@@ -49,4 +52,14 @@ SPLIT_TYPES: dict[str, tuple[str, ...]] = {
     "val": EXPRESSION_TYPES,
     "testA": ("attribute", "location"),
     "testB": ("relation", "comparison"),
+}
+# SynthRef-G adds phrases that denote several objects or none, in three families each.
+MULTI_TYPES: tuple[str, ...] = ("multi_attribute", "multi_location", "multi_relation")
+NO_TARGET_TYPES: tuple[str, ...] = ("no_target_attribute", "no_target_location", "no_target_relation")
+# The test splits keep their distributions: testA what and where, testB relations.
+SPLIT_SET_TYPES: dict[str, tuple[str, ...]] = {
+    "train": MULTI_TYPES + NO_TARGET_TYPES,
+    "val": MULTI_TYPES + NO_TARGET_TYPES,
+    "testA": ("multi_attribute", "multi_location", "no_target_attribute", "no_target_location"),
+    "testB": ("multi_relation", "no_target_relation"),
 }

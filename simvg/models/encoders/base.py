@@ -1,19 +1,58 @@
-"""The interface every encoder backend returns."""
+"""The interface of every encoder backend: the :class:`Encoder` base class and what it returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-# Images enter the model as uint8; every backend normalises them the same way (ViLT's).
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
+# Images enter the model as uint8 RGB; the encoder normalises them with one of these
+# per-channel (mean, std) pairs, on the [0, 1] scale (``model.encoder.pixel_normalization``).
+PIXEL_NORMALIZATIONS = {
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # ViLT's (and BEiT-3's own fine-tuning)
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # SimVG's (mmcv 123.675/58.395, ...)
+}
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float in [-1, 1]."""
-    return (images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+def normalize_images(images: torch.Tensor, kind: str = "half") -> torch.Tensor:
+    """(B, 3, S, S) uint8 RGB -> float (x / 255 - mean) / std, per channel, with the
+    :data:`PIXEL_NORMALIZATIONS` pair ``kind``."""
+    mean, std = (torch.tensor(v, device=images.device).view(3, 1, 1) for v in PIXEL_NORMALIZATIONS[kind])
+    return (images.float() / 255.0 - mean) / std
+
+
+class Encoder(nn.Module):
+    """What the heads and the training code may ask of an encoder backend (registered in
+    ``simvg.models.encoders.ENCODERS``). A backend sets ``hidden_size`` and implements
+    ``forward`` -> :class:`EncoderOutput` and :meth:`backbone_config`.
+
+    hidden_size: int, the width D of every token it returns.
+    stem: its visual stem (a ``ConvStem``, whose stage outputs are ``stem_features``), or None.
+    pixel_normalization: the :data:`PIXEL_NORMALIZATIONS` key it normalises images with.
+    """
+
+    default_pixel_normalization = "half"
+
+    def __init__(self, pixel_normalization: str | None = None):
+        super().__init__()
+        self.hidden_size: int = 0
+        self.stem: nn.Module | None = None
+        self.pixel_normalization = pixel_normalization or self.default_pixel_normalization
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> float, as this encoder's visual input expects."""
+        return normalize_images(images, self.pixel_normalization)
+
+    def backbone_config(self) -> dict:
+        """JSON-serialisable structure, saved in checkpoints: the backend's constructor rebuilds
+        the same modules from it (weights come from the checkpoint)."""
+        raise NotImplementedError
+
+    def word_embedding_matrix(self) -> torch.Tensor | None:
+        """(vocab, D) input embedding of every word, or None where the backend has no use for
+        it (the word-alignment loss needs the hybrid's)."""
+        return None
 
 
 @dataclass

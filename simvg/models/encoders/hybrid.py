@@ -15,7 +15,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from simvg.config import EncoderConfig
 from simvg.models.conv_stem import ConvStem
-from simvg.models.encoders.base import EncoderOutput, normalize_images, token_grid_mask
+from simvg.models.encoders.base import Encoder, EncoderOutput, token_grid_mask
 from simvg.models.encoders.relative_position import RelativePositionBias
 from simvg.models.heads.position_encoding import sine_position_encoding
 from simvg.models.pretrained import resolve_pretrained
@@ -93,7 +93,7 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
-class HybridEncoder(nn.Module):
+class HybridEncoder(Encoder):
     def __init__(
         self,
         config: EncoderConfig,
@@ -101,7 +101,7 @@ class HybridEncoder(nn.Module):
         vocab_size: int,
         backbone_config: dict | None = None,
     ):
-        super().__init__()
+        super().__init__(config.pixel_normalization)
         text_model = build_text_transformer(config, vocab_size, backbone_config)
         self.hf_config = text_model.config
         self.embeddings = text_model.embeddings
@@ -175,7 +175,7 @@ class HybridEncoder(nn.Module):
         """images: (B, 3, S, S) uint8; pixel_mask: (B, S, S) bool; input_ids, text_mask: (B, L)."""
         batch = images.shape[0]
         text = self.embeddings(input_ids=input_ids)
-        stem_features = self.stem(normalize_images(images))
+        stem_features = self.stem(self.normalize(images))
         feature_map = self.visual_proj(stem_features[-1])
         grid = (feature_map.shape[2], feature_map.shape[3])
         visual_type = self.embeddings.token_type_embeddings.weight[1]

@@ -20,7 +20,7 @@ from transformers import ViltConfig, ViltModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from simvg.config import EncoderConfig
-from simvg.models.encoders.base import EncoderOutput, normalize_images, token_grid_mask
+from simvg.models.encoders.base import Encoder, EncoderOutput, token_grid_mask
 from simvg.models.pretrained import resolve_pretrained
 
 
@@ -94,9 +94,9 @@ def _build_vilt(config: EncoderConfig, vocab_size: int, image_size: int, backbon
     return ViltModel(vilt_config, add_pooling_layer=False)
 
 
-class ViltEncoder(nn.Module):
+class ViltEncoder(Encoder):
     def __init__(self, config: EncoderConfig, image_size: int, vocab_size: int, backbone_config: dict | None = None):
-        super().__init__()
+        super().__init__(config.pixel_normalization)
         vilt = build_vilt(config, vocab_size, image_size, backbone_config)
         self.hf_config = vilt.config
         self.embeddings = vilt.embeddings
@@ -135,7 +135,7 @@ class ViltEncoder(nn.Module):
             )
         text = emb.text_embeddings(input_ids=input_ids)
         words = text
-        patches = emb.patch_embeddings(normalize_images(images))
+        patches = emb.patch_embeddings(self.normalize(images))
         grid = (patches.shape[2], patches.shape[3])
         patches = patches.flatten(2).transpose(1, 2) + self._patch_positions(grid)
         cls = (emb.cls_token + emb.position_embeddings[:, :1]).expand(batch, -1, -1)

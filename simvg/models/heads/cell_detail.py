@@ -1,5 +1,6 @@
-"""Finer stem features per token cell: each cell's 2 x 2 sub-cells of the stem map one stage
-before the token grid, stacked along channels (space-to-depth)."""
+"""Finer stem features per token cell (ours, for the "cells" head's boxes; SimVG has no stem):
+each cell's 2 x 2 sub-cells of the stem map one stage before the token grid, stacked along
+channels (space-to-depth)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The decoder branch: a small DETR decoder over the visual tokens, queries from TQG.
+"""The "cells" head's decoder branch (ours, not SimVG's: simvg_decoder_branch.py is SimVG's,
+with absolute boxes): a small DETR decoder over the visual tokens, queries from TQG.
 
 Each layer's box is predicted relative to a reference point, the expected position of the
 tokens its cross-attention reads (as conditional/DAB-DETR do), which makes the decoder

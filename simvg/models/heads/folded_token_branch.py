@@ -1,4 +1,4 @@
-"""Token-branch inference with the linear maps around it folded together.
+"""The "cells" head's token-branch inference (ours) with the linear maps around it folded together.
 
 At inference the token branch answers with the box of one cell. Between the encoder's
 outputs and that answer, every map is linear except the softmax, the argmax and the box
@@ -135,7 +135,8 @@ def folded_parameter_names(branch: str, box_layers: int, detail: bool, relation:
     linears += [f"{branch}.box_head.layers.{i}" for i in range(box_layers)]
     linears += ["visual_proj"] + (["detail_proj"] if detail else [])
     names = [f"{linear}.{name}" for linear in linears for name in ("weight", "bias")]
-    return [name for name in names if name != f"{branch}.landmark_relation.pointer.key.bias"]
+    biasless = {f"{branch}.key.bias", f"{branch}.landmark_relation.pointer.key.bias"}
+    return [name for name in names if name not in biasless]
 
 
 def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: nn.Linear | None) -> FoldedTokenBranch:
@@ -144,7 +145,7 @@ def fold_token_branch(branch: TokenBranch, visual_proj: nn.Linear, detail_proj: 
     dtype = branch.proj.weight.dtype
 
     def f64(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        bias = torch.zeros(linear.out_features) if linear.bias is None else linear.bias
+        bias = linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias
         return linear.weight.double(), bias.double()
 
     (w_p, b_p), (w_q, b_q), (w_k, b_k) = f64(branch.proj), f64(branch.query), f64(branch.key)

@@ -1,5 +1,6 @@
-"""Landmark relation: the token branch also points at the phrase's landmark, and scores the
-cells its own attention finds plausible by where they lie relative to it.
+"""Landmark relation (ours, for the "cells" head; SimVG has none): the token branch also points
+at the phrase's landmark, and scores the cells its own attention finds plausible by where they
+lie relative to it.
 
 "The big shape nearest to the large cyan square": the referred object is the candidate whose
 distance to the landmark is smallest. Picking it needs each candidate's distance to the

@@ -1,4 +1,9 @@
-"""Text-guided query generation (TQG): learnable queries read the phrase."""
+"""The "cells" head's text-guided query generation (TQG): learnable queries read the phrase.
+
+Ours, not SimVG's (simvg_query_generation.py is SimVG's): the queries are the decoder's input
+(not a zero target with the queries as positions), the text keys carry no positions and there
+is no final LayerNorm; the checkpoints of the SynthRef recipes were trained with it.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The token branch: one box and a 2-way score from the (query-enriched) object token.
+"""The "cells" head's token branch (ours, not SimVG's: simvg_token_branch.py is SimVG's): one
+box and a 2-way score from the (query-enriched) object token.
 
 SimVG regresses the box from the object token with an MLP. Here the object token acts as
 one attention query over the encoder's visual tokens, and the box comes from the token it
@@ -80,6 +81,11 @@ class TokenBranch(nn.Module):
     ``cell_boxes`` is computed (and returned) when ``all_cells`` is true; by default in
     training, or whenever the answer reads more than the peak cell. Otherwise only the peak
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
+
+    With ``cell_scores`` (several answers: phrases that name several objects or none) every
+    cell also gets a 2-way score from the same input as its box (a small MLP), and the branch
+    answers with every cell: "logits" (B, N, 2) and "boxes" (B, N, 4) (= "cell_boxes"); padding
+    cells score "no object". Trained by matching cells to the targets (see the criterion).
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class TokenBranch(nn.Module):
         landmark_relation: bool = False,
         landmark_pointer: str = "token",
         embedding_dim: int | None = None,
+        cell_scores: bool = False,
     ):
         super().__init__()
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
@@ -97,10 +104,13 @@ class TokenBranch(nn.Module):
         self.reference_window = reference_window
         self.proj = nn.Linear(dim, dim)
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        # No key bias: it would add query . bias, one constant, to every cell's logit.
+        self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim)
         self.condition = nn.Linear(dim, dim)
-        self.class_head = nn.Linear(dim, 2)
+        # One score for the answer (the attention-pooled token), or one per cell.
+        self.class_head = None if cell_scores else nn.Linear(dim, 2)
+        self.score_head = MLP(dim, dim, 2, 2) if cell_scores else None
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
         self.landmark_relation = LandmarkRelation(dim, landmark_pointer, embedding_dim) if landmark_relation else None
@@ -131,11 +141,17 @@ class TokenBranch(nn.Module):
             relation = {"landmark_logits": landmark_logits, "content_logits": logits}
             logits = relate_plausible(logits, bias)
         attention = logits.softmax(dim=-1)
+        condition = self.condition(token)
+        if self.score_head is not None:  # every cell answers, with its own score
+            features = self._cell_features(condition, visual, detail)
+            cell_boxes = cell_boxes_from_deltas(self.box_head(features).float(), grid)
+            scores = self.score_head(features).float()
+            scores = torch.stack([scores[..., 0].masked_fill(~visual_mask, -1e4), scores[..., 1]], dim=-1)
+            return {"logits": scores, "boxes": cell_boxes, "cell_boxes": cell_boxes, "ref_logits": logits} | relation
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
         x = self.proj(token) + pooled
         out = {"logits": self.class_head(x), "ref_logits": logits} | relation
-        condition = self.condition(token)
         if not all_cells:  # the answer is the peak cell's box: regress that one only
             peak = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             box = self._cell_boxes(condition, gather_cells(visual, peak), grid, detail, peak)
@@ -156,13 +172,21 @@ class TokenBranch(nn.Module):
         """(B, K, 4) cxcywh boxes of the cells ``cells`` (B, K) token indices (None: every
         cell, K = N), from their visual tokens ``visual`` (B, K, D) and ``condition`` (B, D),
         the projected object token."""
+        features = self._cell_features(condition, visual, detail, cells)
+        return cell_boxes_from_deltas(self.box_head(features).float(), grid, cells)
+
+    def _cell_features(
+        self, condition: torch.Tensor, visual: torch.Tensor, detail: Detail | None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What a cell's box (and score) is read from: its visual token plus the projected
+        object token (plus its detail), (B, K, D)."""
         features = visual + condition[:, None]
         if detail is not None:
             if callable(detail):
                 features = features + detail(cells)
             else:
                 features = features + (detail if cells is None else gather_cells(detail, cells))
-        return cell_boxes_from_deltas(self.box_head(features).float(), grid, cells)
+        return features
 
 
 def cell_boxes_from_deltas(delta: torch.Tensor, grid: tuple[int, int], cells: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,12 +224,13 @@ class MultiBranchTokenHead(nn.Module):
         landmark_relation: bool = False,
         landmark_pointer: str = "token",
         embedding_dim: int | None = None,
+        cell_scores: bool = False,
     ):
         super().__init__()
         from distill.one import ONE
 
         self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation, landmark_pointer,
-                                           embedding_dim), num_branches, in_features=dim)  # fmt: skip
+                                           embedding_dim, cell_scores), num_branches, in_features=dim)  # fmt: skip
         if deploy_branch is not None and not 0 <= deploy_branch < num_branches:
             raise ValueError(f"head.deploy_branch {deploy_branch} out of range for {num_branches} token branches")
         self.deploy_branch = deploy_branch

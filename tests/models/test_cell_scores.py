@@ -1,0 +1,93 @@
+"""The "cells" head with several queries: every cell answers with its own score."""
+
+import pytest
+import torch
+
+from simvg.config import LossConfig
+from simvg.models import build_model
+from simvg.models.criterion import GroundingCriterion, positive_cells, set_positive_cells
+from simvg.models.heads.grid import grid_centres
+from simvg.models.heads.token_branch import TokenBranch
+from simvg.models.postprocess import select_boxes
+from tests.models.test_model import inputs, tiny_config
+
+
+@pytest.mark.parametrize("branches", [1, 2])
+def test_every_cell_answers_with_a_score_and_padding_scores_nothing(branches):
+    config = tiny_config("hybrid")
+    config.head.num_queries = 3
+    config.head.token_branches = branches
+    config.head.deploy_branch = 0 if branches > 1 else None
+    model = build_model(config, vocab_size=30522).eval()
+    with torch.no_grad():
+        out = model(*inputs())
+    token = out["token"]
+    assert token["logits"].shape == (2, 16, 2) and token["boxes"].shape == (2, 16, 4)
+    assert out["decoder"]["logits"].shape == (2, 3, 2)
+    padding = ~out["visual_mask"]
+    assert padding.any() and float(token["logits"].softmax(-1)[..., 0][padding].max()) < 1e-6
+    boxes, scores = select_boxes(out, "token")  # the single answer: the best-scored cell
+    best = token["logits"].softmax(-1)[..., 0].argmax(dim=1)
+    torch.testing.assert_close(boxes, token["boxes"][torch.arange(2), best])
+    assert scores.shape == (2,)
+
+
+def test_cells_on_several_targets_regress_their_own():
+    grid = (4, 4)
+    sets = [torch.tensor([[0.3, 0.3, 0.5, 0.5], [0.8, 0.8, 0.3, 0.3]]), torch.zeros(0, 4), torch.tensor([[0.5, 0.5, 0.2, 0.2]])]
+    rows, goals, positives = set_positive_cells(sets, grid, torch.device("cpu"))
+    assert rows.tolist() == [0, 2]
+    first = positive_cells(sets[0], grid)
+    assert torch.equal(positives[0], first.any(0))
+    centres = grid_centres(grid)
+    for cell in positives[0].nonzero().flatten().tolist():
+        on = first[:, cell].nonzero().flatten()
+        nearest = on[(sets[0][on, :2] - centres[cell]).norm(dim=-1).argmin()]
+        assert torch.equal(goals[0, cell], sets[0][nearest])
+    assert torch.equal(positives[1], positive_cells(sets[2], grid)[0])
+
+
+def test_a_batch_without_targets_moves_no_cell_box():
+    criterion = GroundingCriterion(LossConfig(dwbd=False))
+    logits = torch.randn(2, 16, 2, requires_grad=True)
+    boxes = torch.rand(2, 16, 4).mul(0.5).add(0.2).requires_grad_()
+    out = {"token": {"logits": logits, "boxes": boxes, "cell_boxes": boxes, "ref_logits": torch.randn(2, 16)},
+           "grid": (4, 4)}  # fmt: skip
+    losses, _ = criterion(out, [torch.zeros(0, 4), torch.zeros(0, 4)])
+    criterion.total(losses, 1).backward()
+    assert float(boxes.grad.abs().max()) == 0.0 and float(logits.grad[..., 0].max()) > 0  # object logits pushed down
+
+
+def test_matching_trains_one_answer_per_target_and_none_for_no_target():
+    """A tiny branch on a 4 x 4 grid where the targets are the cells whose visual token carries a
+    mark (0 to 3 per image): trained by matching, the cells scoring >= 0.5 are exactly the
+    targets' cells (one answer per target, no duplicates), and an image without a mark has none."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    grid, dim = (4, 4), 16
+    centres = grid_centres(grid)
+    branch = TokenBranch(dim, cell_scores=True)
+    criterion = GroundingCriterion(LossConfig(dwbd=False, token_ref=0.0))
+    optimizer = torch.optim.Adam(branch.parameters(), lr=3e-3)
+
+    def batch(size: int):
+        visual = torch.randn(size, 16, dim, generator=generator)
+        marked = torch.rand(size, 16, generator=generator) < torch.rand(size, 1, generator=generator) * 0.25
+        visual[..., 0] = torch.where(marked, 2.0, -2.0)
+        sets = [torch.cat([centres[m], torch.full((int(m.sum()), 2), 0.2)], dim=-1) for m in marked]
+        return visual, marked, sets
+
+    for _ in range(250):
+        visual, _, sets = batch(32)
+        out = branch(torch.randn(32, dim), visual, torch.ones(32, 16, dtype=torch.bool), grid)
+        losses, _ = criterion({"token": out, "grid": grid}, sets)
+        optimizer.zero_grad()
+        criterion.total(losses, 1).backward()
+        optimizer.step()
+    visual, marked, _ = batch(200)
+    with torch.no_grad():
+        out = branch(torch.randn(200, dim), visual, torch.ones(200, 16, dtype=torch.bool), grid)
+    answered = out["logits"].softmax(-1)[..., 0] >= 0.5
+    assert marked.sum() > 200 and (~marked.any(1)).sum() > 10
+    exact = float((answered == marked).all(1).float().mean())
+    assert exact > 0.9, exact
