@@ -102,8 +102,12 @@ def test_lists_give_one_list_per_phrase(grounder):
         handle.remove()
 
 
-def test_a_single_query_branch_gives_its_box_when_it_scores_enough(grounder):
-    best = grounder.predict(IMAGE, "the red circle")  # today's token branch: one box per phrase
+def test_a_single_query_branch_gives_its_box_when_it_scores_enough(tmp_path):
+    from tests.engine.test_checkpoint import save_tiny
+
+    save_tiny(tmp_path / "one")  # a token branch with one query: one box per phrase
+    grounder = Grounder.from_pretrained(tmp_path / "one", device="cpu")
+    best = grounder.predict(IMAGE, "the red circle")
     found = grounder.predict_all(IMAGE, "the red circle", threshold=best.score)
     assert len(found) == 1 and np.allclose(found[0].box, best.box, atol=1e-4)
     assert grounder.predict_all(IMAGE, "the red circle", threshold=(best.score + 1) / 2) == []
@@ -132,7 +136,7 @@ def test_cli_predict_all(checkpoint, tmp_path, capsys):
     assert "must be in [0, 1]" in capsys.readouterr().err
     (tmp_path / "phrases.jsonl").write_text('{"image": "a.png", "text": "x"}\n{"image": "a.png", "text": "y"}\n')
     batch = ["predict", str(checkpoint), "--image", str(tmp_path), "--phrases", str(tmp_path / "phrases.jsonl"),
-             "--all", "--threshold", "0", "--output", str(tmp_path / "out.jsonl")]  # fmt: skip
+             "--all", "--threshold", "0", "--branch", "decoder", "--output", str(tmp_path / "out.jsonl")]  # fmt: skip
     assert main(batch) == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [(r["image"], r["text"], len(r["results"])) for r in rows] == [("a.png", "x", 1), ("a.png", "y", 1)]
+    assert [(r["image"], r["text"], len(r["results"])) for r in rows] == [("a.png", "x", 4), ("a.png", "y", 4)]
