@@ -354,7 +354,7 @@ def write_onnx_checkpoint(directory: str | Path, model: nn.Module, config, backb
     from simvg.models.pretrained import save_tokenizer
 
     _require_exporter()
-    if decoder and getattr(model, "decoder_branch", None) is None:
+    if decoder and not config.model.head.use_decoder:
         raise ValueError("this model has no decoder branch (head.use_decoder is false); export without --decoder")
     info: dict = {}
 
