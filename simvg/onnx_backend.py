@@ -58,14 +58,16 @@ class _Exported(nn.Module):
         return tuple(t.float() for t in flat)
 
 
-def example_inputs(image_size: int, text_length: int, batch_size: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(image_size: int, text_length: int, vocab_size: int, batch_size: int = 2,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """A batch with padding in both the images (a letterboxed wide and tall image) and the
-    phrases (rows of different lengths), so that no shortcut for unpadded inputs is traced."""
+    phrases (rows of different lengths, token ids below ``vocab_size``), so that no shortcut
+    for unpadded inputs is traced."""
     generator = torch.Generator().manual_seed(seed)
     size = image_size
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator)
     pixel_mask = torch.ones(batch_size, size, size, dtype=torch.bool)
-    input_ids = torch.randint(1000, 2000, (batch_size, text_length), generator=generator)
+    input_ids = torch.randint(vocab_size // 2, vocab_size, (batch_size, text_length), generator=generator)
     text_mask = torch.ones(batch_size, text_length, dtype=torch.bool)
     for row in range(batch_size):
         valid = max(3, text_length - 2 * row)
@@ -79,11 +81,12 @@ def example_inputs(image_size: int, text_length: int, batch_size: int = 2, seed:
     return images, pixel_mask, input_ids, text_mask
 
 
-def export_graph(model: nn.Module, path: str | Path, image_size: int, max_text_length: int, decoder: bool,
-                 metadata: dict[str, str] | None = None) -> float:  # fmt: skip
+def export_graph(model: nn.Module, path: str | Path, image_size: int, max_text_length: int, vocab_size: int,
+                 decoder: bool, metadata: dict[str, str] | None = None) -> float:  # fmt: skip
     """Write ``model``'s forward (eval mode, token branch [+ decoder branch]) as an ONNX graph
     at ``path`` (one file, weights inside), with opset :data:`ONNX_OPSET`, a dynamic batch
-    size and a dynamic phrase length up to ``max_text_length`` tokens.
+    size and a dynamic phrase length up to ``max_text_length`` tokens (of a vocabulary of
+    ``vocab_size``).
 
     The graph is checked against the model on a padded batch of 2 and on one unpadded
     sample; returns the largest box difference in letterbox pixels, and raises ValueError when
@@ -98,17 +101,17 @@ def export_graph(model: nn.Module, path: str | Path, image_size: int, max_text_l
     for parent, name, child in grus:
         setattr(parent, name, _OneOpGRU(child))
     try:
-        return _export_checked(wrapper, path, image_size, max_text_length, decoder, metadata)
+        return _export_checked(wrapper, path, image_size, max_text_length, vocab_size, decoder, metadata)
     finally:
         for parent, name, child in grus:
             setattr(parent, name, child)
 
 
-def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_text_length: int, decoder: bool,
-                    metadata: dict[str, str] | None) -> float:  # fmt: skip
+def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_text_length: int, vocab_size: int,
+                    decoder: bool, metadata: dict[str, str] | None) -> float:  # fmt: skip
     import onnx
 
-    inputs = example_inputs(image_size, min(8, max_text_length))
+    inputs = example_inputs(image_size, min(8, max_text_length), vocab_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("length", min=3, max=max(4, max_text_length))
     dynamic = {"images": {0: batch}, "pixel_mask": {0: batch}, "input_ids": {0: batch, 1: length},
@@ -138,7 +141,7 @@ def _export_checked(wrapper: _Exported, path: str | Path, image_size: int, max_t
     onnx.save_model(proto, str(path))
     runner = OnnxRuntimeModel(path)
     worst = 0.0
-    for check in (inputs, example_inputs(image_size, min(5, max_text_length), batch_size=1, seed=1)):
+    for check in (inputs, example_inputs(image_size, min(5, max_text_length), vocab_size, batch_size=1, seed=1)):
         with torch.no_grad():
             expected = wrapper(*check)
         got = runner.run_flat(*check)
@@ -428,8 +431,8 @@ def _export_main(argv: list[str]) -> None:
 
     decoder = "--decoder" in argv
     source, path, metadata = [arg for arg in argv if arg != "--decoder"]
-    model, _, config, _ = load_checkpoint(source)
-    worst = export_graph(model, path, config.model.image_size, config.model.max_text_length, decoder,
+    model, tokenizer, config, _ = load_checkpoint(source)
+    worst = export_graph(model, path, config.model.image_size, config.model.max_text_length, len(tokenizer), decoder,
                          json.loads(metadata))  # fmt: skip
     print(json.dumps({"box_difference_px": worst}))
 
