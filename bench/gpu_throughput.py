@@ -32,7 +32,7 @@ from simvg.config import load_config
 from simvg.data.dataset import Batch
 from simvg.engine.optim import autocast, build_optimizer, resolve_amp
 from simvg.engine.tasks import GroundingLoss
-from simvg.models import GroundingCriterion, build_model
+from simvg.models import build_criterion, build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VOCAB_SIZE = 30522  # BERT uncased, ViLT's
@@ -111,7 +111,7 @@ def measure(config, batch_size: int, args, device: torch.device, vocab_size: int
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config.model, vocab_size).to(device)
-    module = GroundingLoss(model, GroundingCriterion(config.loss)).to(device).train()
+    module = GroundingLoss(model, build_criterion(config.model, config.loss)).to(device).train()
     optimizer = build_optimizer(module, config.train)
     amp = resolve_amp(config.train.amp, device)
     step_module = torch.compile(module) if args.compile else module

@@ -27,7 +27,7 @@ from simvg.engine.tasks import (
     quiet_transformers,
     tokenizer_source,
 )
-from simvg.models import GroundingCriterion, build_model
+from simvg.models import build_criterion, build_model
 from simvg.models.pretrained import load_tokenizer
 
 

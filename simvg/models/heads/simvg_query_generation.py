@@ -44,7 +44,9 @@ class SimVGQueryGenerator(nn.Module):
 
     def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         batch, length, dim = text.shape
-        queries = self.query_embed.weight[None].expand(batch, -1, -1)
+        # A copy, not a view: under no_grad a view of a parameter keeps requires_grad without a
+        # grad_fn, which module hooks (torch.utils.flop_counter's tracker) cannot follow.
+        queries = self.query_embed.weight[None].repeat(batch, 1, 1)
         positions = simvg_text_position_encoding(length, dim).to(text.device, text.dtype)[None]
         generated = self.decoder(
             torch.zeros_like(queries), queries, text, positions, ~text_mask, all_layers=False
