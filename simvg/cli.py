@@ -28,6 +28,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate the SynthRef benchmark in the SimVG layout")
     p.add_argument("--out", required=True, help="data root to write (annotations/ and images/)")
@@ -99,6 +107,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--branch", choices=["token", "decoder"], default="token")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--all", action="store_true", help="every box of each phrase scoring >= --threshold (possibly none)")
+    p.add_argument("--threshold", type=probability, default=0.7, help="with --all: the lowest score kept (default 0.7)")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -111,9 +121,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="copy a checkpoint for inference (weights only, optionally float16)")
+    p = sub.add_parser("export", help="copy a checkpoint for inference (weights only, optionally float16, or ONNX)")
     p.add_argument("checkpoint")
     p.add_argument("output")
+    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                   help="onnx: an ONNX graph (model.onnx) for onnxruntime instead of torch weights (docs/deployment.md)")  # fmt: skip
+    p.add_argument("--decoder", action="store_true", help="onnx: also export the decoder branch (default: token branch only)")
+    p.add_argument("--int8", action="store_true", help="onnx: also write model.int8.onnx (int8 weights, onnxruntime's quantization)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="storage dtype of the weights (float16 halves the file; loading casts back)")  # fmt: skip
     p.add_argument("--keep-branch", type=int, default=None, metavar="N",

@@ -154,6 +154,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.image or args.text is None:
         raise ValueError("predict needs --image and --text (or --image FOLDER --phrases FILE.jsonl)")
     grounder = Grounder.from_pretrained(args.checkpoint, device=args.device)
+    if args.all:
+        return _predict_all(args, grounder)
     result = grounder.predict(args.image, args.text, branch=args.branch)
     if args.out:
         from simvg.data.images import load_image
@@ -166,6 +168,30 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         box = ", ".join(f"{v:.1f}" for v in result.box)
         print(f"box (x0, y0, x1, y1) = ({box})  score {result.score:.3f}" + (f"  -> {args.out}" if args.out else ""))
+    return 0
+
+
+def _predict_all(args: argparse.Namespace, grounder) -> int:
+    """``simvg predict --all``: every box of the phrase scoring >= --threshold, possibly none."""
+    from simvg.visualize import draw_boxes
+
+    results = grounder.predict_all(args.image, args.text, threshold=args.threshold, branch=args.branch)
+    if args.out:
+        from simvg.data.images import load_image
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        image = load_image(args.image)
+        draw_boxes(image.pixels, results, scale=image.pixels.shape[1] / image.width).save(args.out)
+    if args.json:
+        print_json({"text": args.text, "threshold": args.threshold, "results": [r.to_dict() for r in results]})
+        return 0
+    if not results:
+        print(f"no match: no box scores >= {args.threshold:.2f}" + (f"  -> {args.out}" if args.out else ""))
+    for result in results:
+        box = ", ".join(f"{v:.1f}" for v in result.box)
+        print(f"box (x0, y0, x1, y1) = ({box})  score {result.score:.3f}")
+    if results and args.out:
+        print(f"-> {args.out}")
     return 0
 
 
@@ -201,9 +227,15 @@ def _predict_batch(args: argparse.Namespace) -> int:
     out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
     try:
         for name, texts in by_image.items():
-            results = grounder.predict(folder / name, texts, branch=args.branch)
-            for result in results:
-                out.write(json.dumps({"image": name, **result.to_dict()}) + "\n")
+            if args.all:
+                found = grounder.predict_all(folder / name, texts, threshold=args.threshold, branch=args.branch)
+                for text, kept in zip(texts, found):
+                    out.write(json.dumps({"image": name, "text": text, "results": [r.to_dict() for r in kept]}) + "\n")
+                results = [r for kept in found for r in kept]
+            else:
+                results = grounder.predict(folder / name, texts, branch=args.branch)
+                for result in results:
+                    out.write(json.dumps({"image": name, **result.to_dict()}) + "\n")
             if args.out:
                 from simvg.data.images import load_image
 
@@ -248,6 +280,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from simvg.inference import Grounder
 
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    if grounder.backend != "torch":
+        raise ValueError(f"{args.checkpoint} is an ONNX export; simvg bench times torch models (for onnxruntime: "
+                         "python bench/deploy_speed.py)")  # fmt: skip
     rows = benchmark_inference(grounder.model, grounder.config, args.batch_sizes, args.seconds, args.threads)
     if args.json:
         print_json({"checkpoint": str(args.checkpoint), "rows": rows})
@@ -262,15 +297,35 @@ def run_export(args: argparse.Namespace) -> int:
     from simvg.inference import Grounder
 
     grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
+    if grounder.backend != "torch":
+        raise ValueError(f"{args.checkpoint} is an ONNX export already; export from the torch checkpoint it came from")
     if args.keep_branch is not None:
         grounder.model.keep_token_branch(args.keep_branch)
     if isinstance(grounder.meta.get("teachers"), list):  # a copy to share: no absolute paths of this machine
         from simvg.engine.checkpoint import shareable_path
 
         grounder.meta["teachers"] = [shareable_path(str(t)) for t in grounder.meta["teachers"]]
+    if args.format == "onnx":
+        return _export_onnx(args, grounder)
+    if args.decoder or args.int8:
+        raise ValueError("--decoder and --int8 apply to --format onnx")
     grounder.save_pretrained(args.output, dtype=getattr(torch, args.dtype))
     size = (Path(args.output) / "model.safetensors").stat().st_size / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB of {args.dtype} weights)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace, grounder) -> int:
+    from simvg.onnx_backend import write_onnx_checkpoint
+
+    if args.dtype != "float32":
+        raise ValueError("--dtype applies to --format safetensors: an ONNX graph is float32 (--int8 adds an int8 one)")
+    grounder.model.keep_deployed_branch()  # a ONE head: export the branch that runs
+    info = write_onnx_checkpoint(args.output, grounder.model, grounder.config, grounder.backbone_config,
+                                 grounder.tokenizer, grounder.meta, decoder=args.decoder, int8=args.int8)  # fmt: skip
+    sizes = ", ".join(f"{name} {(Path(args.output) / name).stat().st_size / 2**20:.1f} MiB" for name in info["files"])
+    print(f"wrote {args.output} (ONNX opset {info['opset']}, {' + '.join(info['branches'])} branch; {sizes}); "
+          f"boxes checked against torch: largest difference {info['checked_box_difference_px']:.3f} px")  # fmt: skip
     return 0
 
 

@@ -29,11 +29,13 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 MODULE_STATE_FILE = "training_module.safetensors"  # a training run's whole module (heads of auxiliary losses too)
+# An ONNX export (simvg/onnx_backend.py) holds these graphs instead of WEIGHTS_FILE.
+ONNX_FILES = ("model.onnx", "model.int8.onnx")
 # What a checkpoint writes: a save replaces these (drops those it does not write again) and
 # carries any other file of the old checkpoint over (a user's predictions, a .git).
 CHECKPOINT_FILES = {CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, MODULE_STATE_FILE,
                     "tokenizer.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                    "sentencepiece.bpe.model"}  # fmt: skip
+                    "sentencepiece.bpe.model", *ONNX_FILES}  # fmt: skip
 FORMAT_VERSION = 1
 
 
@@ -86,7 +88,7 @@ def write_atomically(target: Path, write: Any) -> None:
         target = target.resolve()
     if target.is_file() or target.is_symlink():
         raise CheckpointError(f"{target} is a file or a dangling link, not a checkpoint directory: refusing to replace it")
-    if target.is_dir() and any(target.iterdir()) and not all((target / n).is_file() for n in (CONFIG_FILE, WEIGHTS_FILE)):
+    if target.is_dir() and any(target.iterdir()) and not _holds_checkpoint(target):
         raise CheckpointError(f"{target} holds files but no checkpoint ({CONFIG_FILE}, {WEIGHTS_FILE}): refusing to "
                               f"replace it; choose a new or empty directory")  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +120,14 @@ def write_atomically(target: Path, write: Any) -> None:
         raise
 
 
+def _holds_checkpoint(path: Path) -> bool:
+    """A config and weights: model.safetensors, or an ONNX export's model.onnx."""
+    return (path / CONFIG_FILE).is_file() and any((path / name).is_file() for name in (WEIGHTS_FILE, ONNX_FILES[0]))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory at ``path`` (or its ``.old`` copy after an interrupted save)."""
+    """The checkpoint directory at ``path`` (or its ``.old`` copy after an interrupted save);
+    an ONNX export (model.onnx instead of model.safetensors) is one too."""
     path = Path(path)
     if not path.exists():
         old = path.with_name(path.name + ".old")
@@ -129,7 +137,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory (expected {CONFIG_FILE} and {WEIGHTS_FILE} inside)")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (path / name).is_file():
+        if not (path / name).is_file() and not (name == WEIGHTS_FILE and (path / ONNX_FILES[0]).is_file()):
             inside = [path / sub for sub in ("best", "last") if (path / sub / WEIGHTS_FILE).is_file()]
             hint = f" (a training run's folder? its checkpoint is {inside[0]})" if inside else ""
             raise CheckpointError(f"checkpoint {path} is missing {name}{hint}")
@@ -238,20 +246,10 @@ def _retired(key: str) -> bool:
     return key.endswith(_RETIRED_SUFFIXES) or _RETIRED_PATTERN.search(key) is not None
 
 
-def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
-    """Rebuild the model from a checkpoint directory.
-
-    Returns (model, tokenizer, config, meta); the model is in eval mode on ``map_location``.
-    """
-    from simvg.models import build_model
+def load_checkpoint_tokenizer(directory: Path):
+    """The tokenizer saved in the (resolved) checkpoint ``directory``."""
     from simvg.models.pretrained import load_tokenizer
 
-    directory = resolve_checkpoint(directory)
-    meta = read_checkpoint_config(directory)
-    try:
-        config = from_dict(Config, meta["config"])
-    except ConfigError as err:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
     tokenizer_files = ["tokenizer.json", "vocab.txt"]
     if not any((directory / name).is_file() for name in tokenizer_files):
         raise CheckpointError(f"checkpoint {directory} is missing its tokenizer files ({' or '.join(tokenizer_files)})")
@@ -263,6 +261,26 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
         raise CheckpointError(f"checkpoint {directory}: cannot read its tokenizer files: {err}") from err
     if tokenizer.pad_token_id is None:
         raise CheckpointError(f"checkpoint {directory}: its tokenizer has no padding token ({TOKENIZER_CONFIG_FILE})")
+    return tokenizer
+
+
+def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
+    """Rebuild the model from a checkpoint directory.
+
+    Returns (model, tokenizer, config, meta); the model is in eval mode on ``map_location``.
+    """
+    from simvg.models import build_model
+
+    directory = resolve_checkpoint(directory)
+    meta = read_checkpoint_config(directory)
+    try:
+        config = from_dict(Config, meta["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
+    tokenizer = load_checkpoint_tokenizer(directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"checkpoint {directory} is an ONNX export ({ONNX_FILES[0]}, no {WEIGHTS_FILE}): "
+                              f"load it with Grounder.from_pretrained(..., backend='onnxruntime')")  # fmt: skip
     model = build_model(config.model, meta["vocab_size"], backbone_config=meta["backbone_config"])
     try:
         weights = load_file(str(directory / WEIGHTS_FILE), device=map_location)
