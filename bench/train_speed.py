@@ -35,7 +35,7 @@ def step_time(config, batches, steps: int, tokenizer, records) -> float:
     torch.manual_seed(0)
     model = build_model(config.model, len(tokenizer))
     auxiliary = build_auxiliary_losses(model, config, tokenizer, records)
-    module = GroundingLoss(model, GroundingCriterion(config.loss), auxiliary).train()
+    module = GroundingLoss(model, build_criterion(config.model, config.loss), auxiliary).train()
     optimizer = build_optimizer(module, config.train)
     device = torch.device("cpu")
     amp = resolve_amp(config.train.amp, device)
