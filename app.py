@@ -161,15 +161,30 @@ def too_large_limit() -> str:
     return f"{simvg_images.MAX_PIXELS / 1e6:.0f} megapixels (e.g. {side} × {side})"
 
 
+ANSWERS = {"auto": "as the model answers", "all": "every box scoring at least the threshold",
+           "best": "the best box of each phrase"}  # fmt: skip
+
+
+def answers_every_box(grounder: Grounder) -> bool:
+    """Whether the model gives several scored answers per phrase (generalized grounding:
+    ``model.head.num_queries`` > 1), so that "no match" and several boxes are its answers."""
+    return grounder.config.model.head.num_queries > 1
+
+
 def ground(image_path: str | None, phrases_text: str | None, model_name: str, branch: str, cache: ModelCache,
-           upload_name: str | None = None):  # fmt: skip
+           upload_name: str | None = None, answers: str = "auto", threshold: float = 0.7):  # fmt: skip
     """Ground every phrase in the image; returns (annotated PIL image, result dict).
 
     upload_name: the file's name on the user's side (errors and notes name it); default: the
-    file name of ``image_path``. The result dict holds "boxes" (one entry per phrase: text, box
-    xyxy in the original image's pixels, score, branch, colour), "phrases" (per phrase its
-    boxes, a list: none, one or several), "notes" (what the user should know about this
-    result), the model, branch, image size and inference time."""
+    file name of ``image_path``. answers: "best" (one box per phrase, ``Grounder.predict``),
+    "all" (every box scoring at least ``threshold``, possibly none: ``Grounder.predict_all``)
+    or "auto" ("all" for a model with several answers per phrase, else "best"). The result dict
+    holds "boxes" (the best box of each phrase that has one: text, box xyxy in the original
+    image's pixels, score, branch, colour), "phrases" (per phrase its boxes, a list: none, one
+    or several), "notes" (what the user should know about this result), the model, branch,
+    answer mode, threshold, image size and inference time."""
+    if answers not in ANSWERS:
+        raise gr.Error(f"answers must be one of {', '.join(ANSWERS)}, got {answers!r}")
     if not image_path:
         raise gr.Error("Upload an image first (or pick an example).")
     name = upload_name or Path(image_path).name
@@ -180,20 +195,27 @@ def ground(image_path: str | None, phrases_text: str | None, model_name: str, br
         branch = "token"
     image = read_upload(image_path, name)
     height, width = image.pixels.shape[:2]
+    if answers == "auto":
+        answers = "all" if answers_every_box(grounder) else "best"
     try:
         start = time.perf_counter()
-        results = grounder.predict(image.pixels, phrases, branch=branch)
+        if answers == "all":
+            found = grounder.predict_all(image.pixels, phrases, threshold=threshold, branch=branch)
+        else:
+            found = [[result] for result in grounder.predict(image.pixels, phrases, branch=branch)]
         elapsed_ms = 1000 * (time.perf_counter() - start)
     except PhraseError as err:
         raise gr.Error(str(err)) from err
     downscaled = (width, height) != (image.width, image.height)
     if downscaled:  # the pixels were decoded smaller: boxes back to the original image's pixels
         sx, sy = image.width / width, image.height / height
-        results = [replace(r, box=(r.box[0] * sx, r.box[1] * sy, r.box[2] * sx, r.box[3] * sy)) for r in results]
-    groundings = [
-        PhraseBoxes(f"{i + 1}. {r.text} ({r.score:.2f})", [(r.box, r.score)], box_color(i), short=str(i + 1))
-        for i, r in enumerate(results)
-    ]
+        found = [[replace(r, box=(r.box[0] * sx, r.box[1] * sy, r.box[2] * sx, r.box[3] * sy)) for r in results]
+                 for results in found]  # fmt: skip
+    groundings = []
+    for i, (phrase, results) in enumerate(zip(phrases, found)):
+        scores = ", ".join(f"{r.score:.2f}" for r in results) if results else "no match"
+        groundings.append(PhraseBoxes(f"{i + 1}. {phrase} ({scores})", [(r.box, r.score) for r in results],
+                                      box_color(i), short=str(i + 1)))  # fmt: skip
     annotated = draw_groundings(image.pixels, groundings, scale=width / image.width)
     notes = []
     if knows_only_synthref(grounder) and not looks_like_synthref(image.pixels):
@@ -206,11 +228,14 @@ def ground(image_path: str | None, phrases_text: str | None, model_name: str, br
     payload = {
         "model": model_name,
         "branch": branch,
+        "answers": answers,
+        "threshold": threshold if answers == "all" else None,
         "image_size": [image.width, image.height],
         "inference_ms": round(elapsed_ms, 1),
-        "boxes": [{**r.to_dict(), "color": color} for r, color in zip(results, colors)],
-        "phrases": [{"text": r.text, "color": color, "boxes": [{"box": r.to_dict()["box"], "score": r.to_dict()["score"]}]}
-                    for r, color in zip(results, colors)],  # fmt: skip
+        "boxes": [{**results[0].to_dict(), "color": color} for results, color in zip(found, colors) if results],
+        "phrases": [{"text": phrase, "color": color,
+                     "boxes": [{"box": r.to_dict()["box"], "score": r.to_dict()["score"]} for r in results]}
+                    for phrase, results, color in zip(phrases, found, colors)],  # fmt: skip
         "notes": notes,
     }
     return annotated, payload
@@ -280,7 +305,7 @@ def save_annotated(image) -> str:
 def timing_text(payload: dict | None) -> str:
     if not payload:
         return ""
-    n = len(payload["boxes"])
+    n = len(payload["phrases"])
     return f"**{payload['inference_ms']:.0f} ms** for {n} phrase{'s' if n != 1 else ''} on the CPU ({payload['model']}, {payload['branch']} branch)"
 
 
@@ -310,6 +335,8 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
         gr.Markdown(MODEL_CARD, elem_id="model-card")
         model_state = gr.State(names[0])
         branch_state = gr.State("token")
+        answers_state = gr.State("auto")
+        threshold_state = gr.State(0.7)
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"])
@@ -318,6 +345,11 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
                     model = gr.Dropdown(names, value=names[0], label="Model")
                     branch = gr.Radio(["token", "decoder"], value="token", label="Branch",
                                       info="token: fastest; decoder: teachers only")  # fmt: skip
+                with gr.Row():
+                    answer_mode = gr.Radio([(label, key) for key, label in ANSWERS.items()], value="auto",
+                                           label="Answers", elem_id="answers")  # fmt: skip
+                    threshold = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Score threshold", elem_id="threshold",
+                                          info="for 'every box': a phrase with no box scoring this much has no match")  # fmt: skip
                 run = gr.Button("Ground", variant="primary")
             with gr.Column():
                 annotated = gr.Image(label="Grounded", type="pil", format="png", elem_id="grounded-image")
@@ -331,14 +363,16 @@ def build_demo(models: dict[str, Path]) -> gr.Blocks:
             gr.Examples(rows, inputs=[image, phrases], label="SynthRef examples (what the shipped model knows)")
         model.change(lambda name: name, model, model_state, api_visibility="private")
         branch.change(lambda value: value, branch, branch_state, api_visibility="private")
+        answer_mode.change(lambda value: value, answer_mode, answers_state, api_visibility="private")
+        threshold.change(lambda value: value, threshold, threshold_state, api_visibility="private")
 
-        def ground_ui(img, text, name, br):
-            annotated_image, payload = ground(upload_path(img), text, name, br, cache, upload_name(img))
+        def ground_ui(img, text, name, br, mode, min_score):
+            annotated_image, payload = ground(upload_path(img), text, name, br, cache, upload_name(img), mode, min_score)
             return save_annotated(annotated_image), payload
 
         run.click(
             ground_ui,
-            inputs=[image, phrases, model_state, branch_state],
+            inputs=[image, phrases, model_state, branch_state, answers_state, threshold_state],
             outputs=[annotated, boxes],
             api_name="ground",
             concurrency_limit=1,

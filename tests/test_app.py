@@ -127,6 +127,55 @@ def gr_error_message(func, *args) -> str:
 # ----------------------------------------------------------------------------- functions
 
 
+@pytest.fixture(scope="module")
+def set_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model that answers every phrase with a set of scored boxes (every cell answers:
+    ``model.head.num_queries`` > 1), random weights."""
+    import torch
+
+    from simvg.config import load_config
+    from simvg.engine.checkpoint import save_checkpoint
+    from simvg.models import build_model
+    from simvg.models.pretrained import load_tokenizer
+    from tests.conftest import TINY_CONFIG
+
+    config = load_config(TINY_CONFIG, ["model.head.num_queries=4"])
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    model = build_model(config.model, len(tokenizer))
+    out = tmp_path_factory.mktemp("set_model") / "ckpt"
+    save_checkpoint(out, model, config, model.encoder.backbone_config(), tokenizer)
+    return out
+
+
+def test_a_phrase_with_no_box_above_the_threshold_says_no_match(app, cache, images):
+    annotated, payload = app.ground(str(images["rgb"]), TWO_PHRASES, "tiny", "token", cache, answers="all", threshold=1.0)
+    assert [p["boxes"] for p in payload["phrases"]] == [[], []] and payload["boxes"] == []
+    assert app.result_table(payload).count("no match") == 2
+    assert annotated.size == (200, 120)
+    # Threshold 0: a one-answer model gives its one box per phrase.
+    _, payload = app.ground(str(images["rgb"]), TWO_PHRASES, "tiny", "token", cache, answers="all", threshold=0.0)
+    assert [len(p["boxes"]) for p in payload["phrases"]] == [1, 1]
+
+
+def test_a_model_with_several_answers_draws_every_box_of_a_phrase(app, set_checkpoint, images):
+    cache = app.ModelCache({"sets": set_checkpoint})
+    # "auto": this model answers with sets, so every box scoring at least the threshold is shown.
+    _, payload = app.ground(str(images["rgb"]), TWO_PHRASES, "sets", "token", cache, threshold=0.0)
+    assert payload["answers"] == "all"
+    for phrase in payload["phrases"]:
+        assert len(phrase["boxes"]) > 1
+        scores = [found["score"] for found in phrase["boxes"]]
+        assert scores == sorted(scores, reverse=True)  # best first
+        for found in phrase["boxes"]:
+            assert_box_in_image(found["box"], 200, 120)
+    table = app.result_table(payload)
+    assert table.count("<tr>") == 1 + sum(len(p["boxes"]) for p in payload["phrases"])
+    _, best = app.ground(str(images["rgb"]), TWO_PHRASES, "sets", "token", cache, answers="best")
+    assert [len(p["boxes"]) for p in best["phrases"]] == [1, 1]
+    assert [p["boxes"][0] for p in best["phrases"]] == [p["boxes"][0] for p in payload["phrases"]]
+
+
 def test_each_phrase_gets_a_box_in_original_pixels(app, cache, grounder, images):
     annotated, payload = app.ground(str(images["rgb"]), " the red square \n\n\nthe blue bar\n", "tiny", "token", cache)
     assert annotated.mode == "RGB" and annotated.size == (200, 120)
@@ -538,6 +587,12 @@ def test_browser_end_to_end(server, grounder, images):
             page.get_by_role("button", name="Ground", exact=True).click()
             page.locator("#boxes-table td", has_text="the lower of the two big blue shapes").wait_for()
             page.wait_for_function("document.querySelector('#notes').innerText.trim() === ''")
+            # Every box scoring at least the threshold; at 1.0 nothing does: "no match".
+            page.get_by_label("every box scoring at least the threshold").check()
+            page.locator("#threshold input[type=number]").fill("1")
+            page.locator("#threshold input[type=number]").press("Enter")
+            page.get_by_role("button", name="Ground", exact=True).click()
+            page.locator("#boxes-table td", has_text="no match").first.wait_for()
         finally:
             browser.close()
     assert [row[1] for row in rows] == phrases and [row[0] for row in rows] == ["1", "2"]
