@@ -19,7 +19,9 @@ from simvg.distillation.loss import DistillationLoss, answer_cells
 from simvg.distillation.student import build_student
 from simvg.engine.checkpoint import load_checkpoint
 from simvg.engine.tasks import build_datasets
+from distill.losses import joint_kd_loss
 from simvg.models.criterion import positive_cells
+from simvg.models.heads.token_branch import TokenBranch
 from tests.conftest import ROOT, TINY_CONFIG
 
 DISTILL_TINY = ROOT / "configs" / "distill_synthref_tiny.yaml"
@@ -235,3 +237,46 @@ def test_teachers_of_different_answer_modes_are_refused(set_teacher, tiny_run, s
             "--set", "data.dataset=synthref-g", "--set", "distill.merge=average"]  # fmt: skip
     assert main(args) == 2
     assert "answer" in capsys.readouterr().err
+
+
+def test_the_teachers_cell_scores_alone_teach_which_cells_answer():
+    """Score KD alone (no ground truth): a teacher calls the cells whose visual token carries a
+    mark objects (probability 0.88) and the others not (0.05), 0 to 3 marks per image. A fresh
+    student branch trained only on the teacher's per-cell probabilities answers (score >= 0.5)
+    with exactly the marked cells, and the images without a mark, the phrases that name
+    nothing, lose their answers: their highest score falls below 0.5."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    grid, dim = (4, 4), 16
+    student = TokenBranch(dim, cell_scores=True)
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    every_cell = torch.ones(1, 16, dtype=torch.bool)
+
+    def batch(size: int):
+        visual = torch.randn(size, 16, dim, generator=generator)
+        marked = torch.rand(size, 16, generator=generator) < torch.rand(size, 1, generator=generator) * 0.25
+        visual[..., 0] = torch.where(marked, 2.0, -2.0)
+        teacher = torch.stack([torch.where(marked, 2.0, -3.0), torch.zeros(size, 16)], dim=-1)
+        return visual, marked, teacher
+
+    def answers(size: int):
+        visual, marked, teacher = batch(size)
+        with torch.no_grad():
+            out = student(torch.randn(size, dim), visual, every_cell.expand(size, -1), grid)
+        return out["logits"].softmax(-1)[..., 0], marked, teacher.softmax(-1)[..., 0]
+
+    before, marked, _ = answers(200)
+    nothing = ~marked.any(1)
+    assert nothing.sum() > 10 and marked.sum() > 200
+    for _ in range(250):
+        visual, _, teacher = batch(32)
+        out = student(torch.randn(32, dim), visual, every_cell.expand(32, -1), grid)
+        optimizer.zero_grad()
+        joint_kd_loss(out["logits"], teacher, 1.0).backward()
+        optimizer.step()
+    after, marked, taught = answers(200)
+    nothing = ~marked.any(1)
+    exact = float(((after >= 0.5) == marked).all(1).float().mean())
+    assert exact > 0.9, exact
+    assert float(after[nothing].max(1).values.mean()) < min(0.5, float(before.max(1).values.mean()))
+    assert float((after - taught).abs().mean()) < 0.05  # the probabilities themselves, not only the answers
