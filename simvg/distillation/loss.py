@@ -214,7 +214,8 @@ class DistillationLoss(nn.Module):
         self.student = student
         self.auxiliary = auxiliary if self.objective == "full" else None
         self.config = config
-        self.criterion = GroundingCriterion(config.loss)
+        # Outside the module's state dict (as the teachers): runs saved before it resume as they were.
+        self._criterion = [GroundingCriterion(config.loss)]
         self._frozen = [m.eval().requires_grad_(False) for m in teachers]
         self._start = [start_model.eval().requires_grad_(False)] if start_model is not None else []
         if start_model is not None and isinstance(start_model.token_head, MultiBranchTokenHead):
@@ -232,9 +233,14 @@ class DistillationLoss(nn.Module):
     def teachers(self) -> list[SimVG]:
         return self._frozen
 
+    @property
+    def criterion(self) -> GroundingCriterion:
+        """The "cells" head's loss, for the ground truth (the student's token branch, no decoder)."""
+        return self._criterion[0]
+
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
-        for model in self._frozen + self._start:
+        for model in self._frozen + self._start + self._criterion:
             model._apply(fn, recurse)
         return self
 

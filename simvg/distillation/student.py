@@ -1,6 +1,8 @@
 """A student is its teacher's structure made cheaper: cheap convolutions in the stem, fewer
 encoder layers (initialised from the teacher's), a factorised word embedding, fewer query
-generator layers, and a ONE multi-branch token head instead of the decoder branch."""
+generator layers, and a ONE multi-branch token head instead of the decoder branch. It answers
+as its teacher does: one box per phrase, or (a teacher with several queries) every cell with
+its own box and score."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill.losses import joint_kd_loss
 from simvg import Grounder
 from simvg.cli import main
 from simvg.config import load_config
@@ -19,7 +20,6 @@ from simvg.distillation.loss import DistillationLoss, answer_cells
 from simvg.distillation.student import build_student
 from simvg.engine.checkpoint import load_checkpoint
 from simvg.engine.tasks import build_datasets
-from distill.losses import joint_kd_loss
 from simvg.models.criterion import positive_cells
 from simvg.models.heads.token_branch import TokenBranch
 from tests.conftest import ROOT, TINY_CONFIG
