@@ -2,8 +2,8 @@
 
 - cheap_conv:  Moonshine's cheap convolution blocks and in-place conversion of a model
 - wide_resnet: the CIFAR WideResNet of the Moonshine paper
-- losses:      KD (masked classes allowed), attention transfer, box distillation, learned
-               feature mimicking
+- losses:      KD (masked classes allowed; per-position predictions), attention transfer,
+               box distillation, learned feature mimicking
 - hints:       FitNets hint training: fit a student module's features to a teacher's first
 - one:         ONE, the on-the-fly native ensemble (gated branches + loss)
 - takfl:       TAKFL task arithmetic: task vectors, merging and choosing λ
@@ -23,6 +23,7 @@ from distill.losses import (
     attention_map,
     attention_transfer_loss,
     box_distillation_loss,
+    joint_kd_loss,
     kd_loss,
     mean_distribution_logits,
     tempered_log_softmax,
@@ -57,6 +58,7 @@ __all__ = [
     "get_module",
     "heuristic_lambdas",
     "hint_loss",
+    "joint_kd_loss",
     "kd_loss",
     "mean_distribution_logits",
     "merge_task_vectors",

@@ -69,6 +69,35 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+def joint_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """KD of predictions made independently at N positions (e.g. an object score per query or
+    per image cell): T^2 * sum_n KL(softmax(t_n / T) || softmax(s_n / T)), summed over the N
+    positions and averaged over the B samples.
+
+    This is the KL between the two joint distributions of the N independent predictions, so
+    its scale is one KL per sample whatever N: positions where teacher and student agree
+    (e.g. cells both call "no object") add nothing, and a position where they disagree weighs
+    as much as in a single prediction. Masked classes are allowed as in :func:`kd_loss`.
+
+    Args:
+        student_logits, teacher_logits: (B, N, C).
+        temperature: T > 0.
+
+    Returns:
+        Scalar (0, in the graph, for B = 0 or N = 0).
+    """
+    if student_logits.dim() != 3 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"joint_kd_loss: logits must both be (B, N, C), got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}"
+        )
+    b, n, c = student_logits.shape
+    if b * n == 0:
+        return student_logits.sum() * 0.0
+    kd = kd_loss(student_logits.reshape(b * n, c), teacher_logits.reshape(b * n, c), temperature)
+    return kd * n
+
+
 def mean_distribution_logits(logits: Sequence[Tensor], temperature: float) -> Tensor:
     """Logits whose tempered softmax is the mean of several models' tempered distributions.
 

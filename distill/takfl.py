@@ -191,6 +191,7 @@ def self_regularised_kd_loss(
     temperature: float = 3.0,
     self_temperature: float = 20.0,
     self_weight: float = 0.01,
+    kd: Callable[[Tensor, Tensor, float], Tensor] = kd_loss,
 ) -> Tensor:
     """TAKFL's per-teacher distillation loss for one student.
 
@@ -203,9 +204,12 @@ def self_regularised_kd_loss(
     logits are detached; masked classes are allowed (:func:`distill.losses.kd_loss`).
 
     Args:
-        student_logits, teacher_logits, start_logits: (B, C).
+        student_logits, teacher_logits, start_logits: (B, C), or what ``kd`` reads.
+        kd: the KD loss both terms use, called as ``kd(student, target, T)``:
+            :func:`~distill.losses.kd_loss`, or e.g. :func:`~distill.losses.joint_kd_loss` for
+            predictions made independently at several positions (B, N, C).
     """
-    return kd_loss(student_logits, teacher_logits, temperature) + self_weight * kd_loss(
+    return kd(student_logits, teacher_logits, temperature) + self_weight * kd(
         student_logits, start_logits, self_temperature
     )
 

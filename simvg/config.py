@@ -376,6 +376,13 @@ class DistillConfig:
     kd_temperature: float = 3.0  # TAKFL's and ONE's T
     box_kd: float = 1.0
     box_kd_confidence: bool = True  # DWBD-style weights: teacher fg prob x IoU(teacher, GT)
+    # Students with several answers (from a teacher with several: every cell answers with its
+    # own score): the teacher's per-cell object probabilities teach the student's (a KL per
+    # cell, summed over the cells, at score_kd_temperature), and box KD regresses the answers
+    # the teacher gives with a score >= box_kd_threshold.
+    score_kd: float = 1.0
+    score_kd_temperature: float = 1.0
+    box_kd_threshold: float = 0.5
     attention_transfer: float = 0.0
     attention_stages: list[int] = field(default_factory=lambda: [1, 2, 3])
     feature_mimic: float = 0.0
@@ -400,11 +407,13 @@ class DistillConfig:
         _check_choice("distill.teacher_branch", self.teacher_branch, ("token", "decoder"))
         if self.objective is not None:
             _check_choice("distill.objective", self.objective, ("full", "teacher"))
-        for key in ("one_temperature", "kd_temperature", "self_temperature"):
+        for key in ("one_temperature", "kd_temperature", "self_temperature", "score_kd_temperature"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"distill.{key} must be > 0, got {getattr(self, key)}")
         if self.merge_candidates < 0:
             raise ConfigError(f"distill.merge_candidates must be >= 0, got {self.merge_candidates}")
+        if not 0.0 < self.box_kd_threshold <= 1.0:
+            raise ConfigError(f"distill.box_kd_threshold must lie in (0, 1], got {self.box_kd_threshold}")
 
 
 @dataclass

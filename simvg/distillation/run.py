@@ -20,13 +20,13 @@ from distill.takfl import (
 from simvg.config import Config, ModelConfig, to_dict
 from simvg.distillation.loss import DistillationLoss
 from simvg.distillation.stem_hint import fit_student_stem, needs_stem_hints
-from simvg.distillation.student import build_student
+from simvg.distillation.student import build_student, several_answers
 from simvg.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from simvg.engine.distributed import DistributedContext, cleanup_distributed, setup_distributed
-from simvg.engine.evaluate import evaluation_loader, predict_split, summarize
+from simvg.engine.evaluate import evaluation_loader, predict_split, selection_score, summarize
 from simvg.engine.tasks import build_auxiliary_losses, build_datasets, quiet_transformers
 from simvg.engine.train import TrainingTask, fit
-from simvg.models.criterion import box_losses, reference_loss
+from simvg.models.criterion import GroundingCriterion, box_losses, reference_loss
 
 
 def load_teachers(paths: list[str]) -> list[dict]:
@@ -41,9 +41,10 @@ def load_teachers(paths: list[str]) -> list[dict]:
 
 
 def check_teachers_agree(teachers: list[dict], merge: str) -> None:
-    """Several teachers must see the same images (one image size); for TAKFL, whose
-    per-teacher students are merged weight by weight, they must also have the same weights'
-    names and shapes (settings that change no weight, e.g. the attention kernel, may differ)."""
+    """Several teachers must see the same images (one image size) and answer alike (one box per
+    phrase, or several); for TAKFL, whose per-teacher students are merged weight by weight,
+    they must also have the same weights' names and shapes (settings that change no weight,
+    e.g. the attention kernel, may differ)."""
     first = teachers[0]
     shapes = {name: tuple(t.shape) for name, t in first["model"].state_dict().items()}
     for teacher in teachers[1:]:
@@ -51,6 +52,10 @@ def check_teachers_agree(teachers: list[dict], merge: str) -> None:
         if a != b:
             raise ValueError(f"teachers {first['path']} and {teacher['path']} take images of different sizes ({a} vs "
                              f"{b} px): distil from teachers trained alike")  # fmt: skip
+        if several_answers(first["config"]) != several_answers(teacher["config"]):
+            raise ValueError(f"teachers {first['path']} and {teacher['path']} answer differently (model.head.num_queries "
+                             f"{first['config'].model.head.num_queries} vs {teacher['config'].model.head.num_queries}: "
+                             f"one box per phrase, or several): distil from teachers of one answer mode")  # fmt: skip
         if merge != "takfl":
             continue
         other = {name: tuple(t.shape) for name, t in teacher["model"].state_dict().items()}
@@ -126,9 +131,18 @@ def choose_lambdas(mode: str, start_state: dict, vectors: list[dict], student: t
     if mode == "tuned":
         loss = config.loss
 
+        criterion = GroundingCriterion(loss)
+
         def task_loss(model, batch):  # the grounding loss on the validation split's boxes
             out = model(batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask)
             token = out["token"]
+            if batch.targets is None or token["logits"].dim() == 3:
+                # Phrases with no or several targets, or every cell answering: the criterion's
+                # set losses (scores included: they alone say "no object").
+                parts, _ = criterion({"token": token, "grid": out["grid"]}, batch.targets if batch.targets is not None
+                                     else batch.target_sets)  # fmt: skip
+                return (loss.ce * parts["loss_tok_ce"] + loss.l1 * parts["loss_tok_l1"]
+                        + loss.giou * parts["loss_tok_giou"] + loss.token_ref * parts.get("loss_tok_ref", 0.0))  # fmt: skip
             l1, giou = box_losses(token["boxes"], batch.targets)
             ref = reference_loss(token["ref_logits"], out["grid"], batch.targets, token.get("content_logits"))
             return loss.l1 * l1 + loss.giou * giou + loss.token_ref * ref
@@ -183,9 +197,12 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
         raise ValueError("TAKFL chooses λ on a validation split: set data.val_split")
     loader = evaluation_loader(val_set, config.train.eval_batch_size, 0, first["tokenizer"].pad_token_id)
 
+    # λ is chosen on the token branch's Acc@0.5, or its F1-accuracy on a generalized split.
+    metric = "f1_acc" if any(len(r.boxes_xyxy) != 1 for r in val_set.records) else "acc@0.5"
+
     def evaluate(state: dict) -> float:
         student.load_state_dict(state)
-        return summarize(predict_split(student, loader, ("token",), context.device))["token"]["acc@0.5"]
+        return selection_score(summarize(predict_split(student, loader, ("token",), context.device)), "token")
 
     lambdas, scores = choose_lambdas(base.distill.merge_lambdas, start_state, vectors, student, loader, evaluate,
                                      config)  # fmt: skip
@@ -193,11 +210,11 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
     student.load_state_dict(merged)
     accuracy = evaluate(merged)
     extra = {"teachers": [str(Path(t["path"]).resolve()) for t in teachers], "distilled": True, "merge": "takfl",
-             "lambdas": lambdas, "lambda_scores": scores, "val_acc@0.5": accuracy}  # fmt: skip
+             "lambdas": lambdas, "lambda_scores": scores, f"val_{metric}": accuracy}  # fmt: skip
     for name in ("last", "best"):
         save_checkpoint(output / name, student, config, backbone, first["tokenizer"], extra=extra)
-    print(f"TAKFL merge: λ = {[round(v, 3) for v in lambdas]}, val token Acc@0.5 {accuracy:.2f}")
-    return {"stage": "merged", "lambdas": lambdas, "val_acc@0.5": accuracy, "runs": summaries}
+    print(f"TAKFL merge: λ = {[round(v, 3) for v in lambdas]}, val token {metric} {accuracy:.2f}")
+    return {"stage": "merged", "lambdas": lambdas, f"val_{metric}": accuracy, "runs": summaries}
 
 
 def distill_command(config: Config, args: argparse.Namespace) -> int:

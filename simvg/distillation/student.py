@@ -1,6 +1,8 @@
 """A student is its teacher's structure made cheaper: cheap convolutions in the stem, fewer
 encoder layers (initialised from the teacher's), a factorised word embedding, fewer query
-generator layers, and a ONE multi-branch token head instead of the decoder branch."""
+generator layers, and a ONE multi-branch token head instead of the decoder branch. It answers
+as its teacher does: one box per phrase, or (a teacher with several queries) every cell with
+its own box and score."""
 
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from simvg.models.encoders.hybrid import FactorizedEmbedding
 LAYER_PREFIX = {"hybrid": "encoder.layers.", "vilt": "encoder.encoder.layer.", "beit3": "encoder.beit3.encoder.layers."}
 # Where each encoder's backbone config records its depth (the others: Hugging Face's name).
 DEPTH_KEY = {"beit3": "num_layers"}
+
+
+def several_answers(config: Config) -> bool:
+    """Whether a model of this Config answers a phrase with several scored boxes (a "cells"
+    head's every cell, a "simvg" head's every query): ``model.head.num_queries`` > 1."""
+    return config.model.head.num_queries > 1
 
 
 def student_layers(teacher_layers: int, chosen: list[int] | None) -> list[int]:
@@ -48,11 +56,12 @@ def student_config(teacher_config: Config, layers: list[int], base: Config) -> C
             )
         model.head.tqg_layers = d.query_layers
     model.head.use_decoder = d.use_decoder
-    # The distillation losses train our cell-based token branch, with one answer per phrase; a
-    # student of a "simvg" head teacher (an imported SimVG) gets that head, fresh, and learns
-    # from the teacher's boxes (docs/generalized-grounding.md: students with several answers).
+    # The distillation losses train our cell-based token branch; a student of a "simvg" head
+    # teacher (an imported SimVG) gets that head, fresh, and learns from the teacher's boxes.
+    # It answers as its teacher does: one answer per phrase, or several (every cell with its
+    # own score) where the teacher gives several (docs/generalized-grounding.md).
     model.head.type = "cells"
-    model.head.num_queries = 1
+    model.head.num_queries = model.head.num_queries if several_answers(teacher_config) else 1
     model.head.token_branches = d.token_branches
     model.head.deploy_branch = d.deploy_branch if d.token_branches > 1 else None
     config.model = model

@@ -7,6 +7,7 @@ from distill.losses import (
     attention_map,
     attention_transfer_loss,
     box_distillation_loss,
+    joint_kd_loss,
     kd_loss,
     mean_distribution_logits,
 )
@@ -173,3 +174,19 @@ def test_feature_mimic_learns_and_leaves_the_teacher_alone():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert teacher.grad is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_joint_kd_loss_is_one_kl_per_sample_summed_over_positions(temperature):
+    s, t = torch.randn(3, 6, 2), torch.randn(3, 6, 2)
+    per_position = [[_kl(s[b, n][None], t[b, n][None], temperature) for n in range(6)] for b in range(3)]
+    expected = temperature**2 * sum(sum(row) for row in per_position) / 3
+    assert joint_kd_loss(s, t, temperature) == pytest.approx(float(expected), rel=1e-4)
+    # Positions where student and teacher agree (and masked ones) add nothing.
+    agree = torch.randn(3, 10, 2)
+    masked = torch.stack([torch.full((3, 4), LOWEST), torch.zeros(3, 4)], dim=-1)
+    more_s, more_t = torch.cat([s, agree, masked], dim=1), torch.cat([t, agree.clone(), masked.clone()], dim=1)
+    assert joint_kd_loss(more_s, more_t, temperature) == pytest.approx(float(joint_kd_loss(s, t, temperature)), rel=1e-4)
+    assert joint_kd_loss(s, s.clone(), temperature).abs() < 1e-6
+    with pytest.raises(ValueError, match="joint_kd_loss"):
+        joint_kd_loss(s[0], t[0], temperature)
