@@ -320,6 +320,12 @@ class TrainConfig:
     # A checkpoint directory whose model weights the run starts from (not its optimizer or
     # step): SimVG's second stage starts from the first stage's checkpoint.
     load_from: str | None = None
+    # Weights (names, or a module's path) not copied from load_from: the model's keep their
+    # fresh initialisation and the checkpoint's are ignored. For a model that differs from the
+    # checkpoint's: a one-query "cells" model fine-tuned with several queries needs
+    # [query_generator.query_embed, token_head.class_head, token_head.score_head,
+    # token_head.pointer_gain] (docs/generalized-grounding.md).
+    load_from_fresh: list[str] = field(default_factory=list)
     # Which validation figure picks best/: "first" (the first evaluated branch: the token
     # branch), "token", "decoder", or "mean" of both branches (SimVG's choice).
     best_metric: str = "first"
@@ -328,6 +334,8 @@ class TrainConfig:
         _check_choice("train.amp", self.amp, ("auto", "bf16", "fp16", "none"))
         _check_choice("train.optimizer", self.optimizer, ("adamw", "adam"))
         _check_choice("train.best_metric", self.best_metric, ("first", "token", "decoder", "mean"))
+        if self.load_from_fresh and not self.load_from:
+            raise ConfigError("train.load_from_fresh names weights not to load from train.load_from, which is not set")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema is the averaging decay, in [0, 1) (e.g. 0.999; 0 or null = off), got {self.ema}")
         _check_choice("train.schedule", self.schedule, ("cosine", "step", "constant"))

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,20 +331,28 @@ def _listed(names: list[str], limit: int = 12) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_model_weights(model: torch.nn.Module, directory: str | Path) -> Path:
+def load_model_weights(model: torch.nn.Module, directory: str | Path, fresh: Sequence[str] = ()) -> Path:
     """Copy the weights of the checkpoint at ``directory`` (its ``model.safetensors``) into
     ``model``, strictly: every weight of the model must be there with the same shape, and
-    nothing else (parameters retired from older checkpoints aside). Returns the checkpoint
-    directory read. Raises CheckpointError listing the missing, unexpected and mismatched
-    weights (with both shapes)."""
+    nothing else (parameters retired from older checkpoints aside). ``fresh``: names or name
+    prefixes (a module's path) of weights not copied: the model's keep their values, the
+    checkpoint's are ignored; each must name a weight of one or the other. Returns the
+    checkpoint directory read. Raises CheckpointError listing the missing, unexpected and
+    mismatched weights (with both shapes)."""
     directory = resolve_checkpoint(directory)
     path = directory / WEIGHTS_FILE
     try:
         weights = load_file(str(path))
     except SafetensorError as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    weights = {key: value for key, value in weights.items() if not _retired(key)}
     own = model.state_dict()
+    unknown = [name for name in fresh if not any(_named(key, name) for key in [*own, *weights])]
+    if unknown:
+        raise CheckpointError(f"train.load_from_fresh names no weight of the model or of {path}: {', '.join(unknown)}")
+    kept = {key: value for key, value in own.items() if any(_named(key, name) for name in fresh)}
+    weights = {key: value for key, value in weights.items()
+               if not _retired(key) and not any(_named(key, name) for name in fresh)}  # fmt: skip
+    own = {key: value for key, value in own.items() if key not in kept}
     problems = []
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -357,6 +366,12 @@ def load_model_weights(model: torch.nn.Module, directory: str | Path) -> Path:
         problems.append(f"{len(mismatched)} weights have another shape: {_listed(mismatched)}")
     if problems:
         raise CheckpointError(f"{path} does not fit this model ({'; '.join(problems)}); it was trained with another "
-                              f"model config (compare {directory / CONFIG_FILE} with the run's)")  # fmt: skip
-    model.load_state_dict(weights, strict=True)
+                              f"model config (compare {directory / CONFIG_FILE} with the run's; weights meant to start "
+                              f"fresh go in train.load_from_fresh)")  # fmt: skip
+    model.load_state_dict(weights | kept, strict=True)
     return directory
+
+
+def _named(key: str, name: str) -> bool:
+    """Whether the weight ``key`` is ``name`` or lies under it (``name`` a module's path)."""
+    return key == name or key.startswith(name + ".")

@@ -274,7 +274,7 @@ def fit(
 
     # Start: resume, or fresh weights (optionally those of train.load_from)
     if not resume and train_cfg.load_from:
-        source = load_model_weights(task.export_model, train_cfg.load_from)
+        source = load_model_weights(task.export_model, train_cfg.load_from, train_cfg.load_from_fresh)
         if context.is_main:
             print(f"starting from the weights of {source}")
     if train_cfg.ema and context.is_main:  # only the main process validates and saves

@@ -257,6 +257,28 @@ def test_load_from_a_checkpoint_of_another_shape_lists_the_mismatches(tiny_run, 
     assert "Traceback" not in err and not (tmp_path / "run" / "last").exists()
 
 
+def test_load_from_fresh_starts_a_model_with_more_queries_from_a_one_query_checkpoint(tiny_run, synthref_root, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    source = tiny_run / "last"
+    args = ["--set", f"train.load_from={source}", "--set", "train.lr=0.0", "--set", "train.max_steps=1",
+            "--set", "model.head.num_queries=3"]  # fmt: skip
+    assert train(args, synthref_root, tmp_path / "refused") == 2
+    assert "train.load_from_fresh" in capsys.readouterr().err
+    misspelt = args + ["--set", "train.load_from_fresh=[query_generator.query_embedding]"]
+    assert train(misspelt, synthref_root, tmp_path / "misspelt") == 2
+    assert "names no weight of the model or of" in (err := capsys.readouterr().err) and "query_embedding" in err
+    # Several queries: every cell of the token branch scores itself (score_head instead of class_head).
+    fresh_names = ["query_generator.query_embed", "token_head.class_head", "token_head.score_head",
+                   "token_head.pointer_gain"]  # fmt: skip
+    fresh = args + ["--set", f"train.load_from_fresh=[{','.join(fresh_names)}]"]
+    assert train(fresh, synthref_root, tmp_path / "run") == 0
+    loaded, start = weights(tmp_path / "run" / "last"), weights(source)
+    assert loaded["query_generator.query_embed.weight"].shape[0] == 3 and "token_head.class_head.weight" not in loaded
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    copied = [k for k in start if not k.endswith(statistics) and not k.startswith(tuple(fresh_names))]
+    assert copied and all((loaded[k] == start[k]).all() for k in copied)
+
+
 def test_adam_with_amsgrad_keeps_its_state_in_the_checkpoint(synthref_root, tmp_path):
     args = ["--set", "train.optimizer=adam", "--set", "train.amsgrad=true", "--set", "train.max_steps=2"]
     assert train(args, synthref_root, tmp_path / "run") == 0

@@ -83,7 +83,8 @@ class TokenBranch(nn.Module):
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
 
     With ``cell_scores`` (several answers: phrases that name several objects or none) every
-    cell also gets a 2-way score from the same input as its box (a small MLP), and the branch
+    cell also gets a 2-way score from the same input as its box (a small MLP), its object logit
+    raised by ``pointer_gain`` times its pointer logit's distance below the peak's, and the branch
     answers with every cell: "logits" (B, N, 2) and "boxes" (B, N, 4) (= "cell_boxes"); padding
     cells score "no object". Trained by matching cells to the targets (see the criterion).
     """
@@ -111,6 +112,10 @@ class TokenBranch(nn.Module):
         # One score for the answer (the attention-pooled token), or one per cell.
         self.class_head = None if cell_scores else nn.Linear(dim, 2)
         self.score_head = MLP(dim, dim, 2, 2) if cell_scores else None
+        # A cell's object score also reads how close its pointer logit is to the peak's: the
+        # pointer holds the phrase's relations (the landmark, "left of"), the cell's own
+        # features do not, and a one-answer model fine-tuned for several answers keeps its answers.
+        self.pointer_gain = nn.Parameter(torch.ones(())) if cell_scores else None
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
         self.landmark_relation = LandmarkRelation(dim, landmark_pointer, embedding_dim) if landmark_relation else None
@@ -146,7 +151,9 @@ class TokenBranch(nn.Module):
             features = self._cell_features(condition, visual, detail)
             cell_boxes = cell_boxes_from_deltas(self.box_head(features).float(), grid)
             scores = self.score_head(features).float()
-            scores = torch.stack([scores[..., 0].masked_fill(~visual_mask, -1e4), scores[..., 1]], dim=-1)
+            pointed = (logits - logits.amax(dim=-1, keepdim=True)).clamp(min=-30.0)  # 0 at the peak
+            object_logits = scores[..., 0] + self.pointer_gain * pointed
+            scores = torch.stack([object_logits.masked_fill(~visual_mask, -1e4), scores[..., 1]], dim=-1)
             return {"logits": scores, "boxes": cell_boxes, "cell_boxes": cell_boxes, "ref_logits": logits} | relation
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
