@@ -270,6 +270,9 @@ class LossConfig:
     # against the landmark's centre cell, where the annotations name the landmark (0 = off;
     # the pointer then learns from the grounding loss alone).
     landmark_ref: float = 0.0
+    # A "cells" token branch with several answers: binary cross-entropy of the phrase's
+    # presence logit against whether it names any object (ReLA's no-target classifier).
+    presence: float = 1.0
 
     def __post_init__(self) -> None:
         if self.score_target is not None:
@@ -324,7 +327,7 @@ class TrainConfig:
     # fresh initialisation and the checkpoint's are ignored. For a model that differs from the
     # checkpoint's: a one-query "cells" model fine-tuned with several queries needs
     # [query_generator.query_embed, token_head.class_head, token_head.score_head,
-    # token_head.pointer_gain] (docs/generalized-grounding.md).
+    # token_head.pointer_gain, token_head.presence_head] (docs/generalized-grounding.md).
     load_from_fresh: list[str] = field(default_factory=list)
     # Which validation figure picks best/: "first" (the first evaluated branch: the token
     # branch), "token", "decoder", or "mean" of both branches (SimVG's choice).

@@ -153,7 +153,8 @@ class GroundingCriterion(nn.Module):
     def weight_dict(self) -> dict[str, float]:
         c = self.config
         weights = {"loss_tok_ce": c.lambda_token * c.ce, "loss_tok_l1": c.lambda_token * c.l1,
-                   "loss_tok_giou": c.lambda_token * c.giou, "loss_tok_ref": c.token_ref}  # fmt: skip
+                   "loss_tok_giou": c.lambda_token * c.giou, "loss_tok_ref": c.token_ref,
+                   "loss_tok_presence": c.presence}  # fmt: skip
         if c.dwbd:
             weights |= {"loss_tok_kd_ce": c.lambda_kd * c.ce, "loss_tok_kd_l1": c.lambda_kd * c.l1,
                         "loss_tok_kd_giou": c.lambda_kd * c.giou}  # fmt: skip
@@ -285,7 +286,7 @@ class GroundingCriterion(nn.Module):
         "object", or its box's IoU; every other "no object", weighted no_object_weight); the
         boxes, as with one target, on every cell that lies on a target (the target whose centre
         is nearest, where targets overlap), each sample's cells sharing its weight."""
-        logits, cell_boxes = token["logits"], token["cell_boxes"]
+        logits, cell_boxes = token.get("cell_logits", token["logits"]), token["cell_boxes"]
         matches = hungarian_match(logits, cell_boxes, target_sets, self.costs)
         images, cells, predicted, goals = matched_pairs(cell_boxes, target_sets, matches)
         object_target = torch.zeros(logits.shape[:2], device=logits.device)
@@ -300,7 +301,8 @@ class GroundingCriterion(nn.Module):
     def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:
         """forward() for a token branch whose every cell answers (a "cells" head with several
         queries): the cells' set loss, the pointing loss on the samples with one target, the
-        decoder's set loss, and DWBD with the decoder's matched boxes as the cells' targets."""
+        decoder's set loss, DWBD with the decoder's matched boxes as the cells' targets, and the
+        phrase's presence (does it name any object?) where the branch gives it."""
         token, grid, device = outputs["token"], outputs["grid"], outputs["token"]["logits"].device
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
@@ -332,6 +334,10 @@ class GroundingCriterion(nn.Module):
                                                         None if content is None else content[single])  # fmt: skip
             else:
                 losses["loss_tok_ref"] = token["ref_logits"].float().sum() * 0.0
+        presence = token.get("presence_logits")
+        if presence is not None:
+            present = torch.tensor([len(t) > 0 for t in target_sets], dtype=torch.float32, device=device)
+            losses["loss_tok_presence"] = F.binary_cross_entropy_with_logits(presence.float(), present)
         scale = 1.0 if balance is None else 1.0 - balance
         return losses | {"loss_tok_ce": ce * scale, "loss_tok_l1": l1 * scale, "loss_tok_giou": giou * scale}, stats
 

@@ -269,7 +269,7 @@ def test_load_from_fresh_starts_a_model_with_more_queries_from_a_one_query_check
     assert "names no weight of the model or of" in (err := capsys.readouterr().err) and "query_embedding" in err
     # Several queries: every cell of the token branch scores itself (score_head instead of class_head).
     fresh_names = ["query_generator.query_embed", "token_head.class_head", "token_head.score_head",
-                   "token_head.pointer_gain"]  # fmt: skip
+                   "token_head.pointer_gain", "token_head.presence_head"]  # fmt: skip
     fresh = args + ["--set", f"train.load_from_fresh=[{','.join(fresh_names)}]"]
     assert train(fresh, synthref_root, tmp_path / "run") == 0
     loaded, start = weights(tmp_path / "run" / "last"), weights(source)

@@ -7,7 +7,7 @@ from simvg.config import LossConfig
 from simvg.models import build_model
 from simvg.models.criterion import GroundingCriterion, positive_cells, set_positive_cells
 from simvg.models.heads.grid import grid_centres
-from simvg.models.heads.token_branch import TokenBranch
+from simvg.models.heads.token_branch import TokenBranch, answer_logits
 from simvg.models.postprocess import select_boxes
 from tests.models.test_model import inputs, tiny_config
 
@@ -91,3 +91,26 @@ def test_matching_trains_one_answer_per_target_and_none_for_no_target():
     assert marked.sum() > 200 and (~marked.any(1)).sum() > 10
     exact = float((answered == marked).all(1).float().mean())
     assert exact > 0.9, exact
+
+
+def test_a_cell_answers_with_the_product_of_its_own_and_the_phrases_presence_probability():
+    cell_logits, presence = torch.randn(3, 5) * 6, torch.tensor([-8.0, 0.0, 9.0])
+    logits = answer_logits(cell_logits, presence)
+    expected = cell_logits.sigmoid() * presence.sigmoid()[:, None]
+    torch.testing.assert_close(logits.softmax(-1)[..., 0], expected)
+    assert torch.isfinite(answer_logits(torch.tensor([[-1e4, 40.0]]), torch.tensor([40.0]))).all()
+
+
+def test_presence_learns_whether_the_phrase_names_anything():
+    """The criterion's presence loss: a phrase without target lowers its presence logit, one
+    with targets (one or several) raises it."""
+    criterion = GroundingCriterion(LossConfig(dwbd=False))
+    presence = torch.zeros(3, requires_grad=True)
+    boxes = torch.rand(3, 16, 4).mul(0.5).add(0.2)
+    out = {"token": {"logits": torch.randn(3, 16, 2), "boxes": boxes, "cell_boxes": boxes,
+                     "ref_logits": torch.randn(3, 16), "presence_logits": presence}, "grid": (4, 4)}  # fmt: skip
+    sets = [torch.zeros(0, 4), torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.3, 0.3, 0.2, 0.2]] * 2)]
+    losses, _ = criterion(out, sets)
+    assert "loss_tok_presence" in criterion.weight_dict
+    criterion.total(losses, 1).backward()
+    assert presence.grad[0] > 0 and (presence.grad[1:] < 0).all()  # gradient descent lowers the first

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from simvg.models.heads.grid import grid_centres
@@ -30,6 +31,8 @@ from simvg.models.heads.mlp import MLP
 
 # sigmoid(-1.7) = 0.15: a box of about a sixth of the image side.
 INITIAL_SIZE_LOGIT = -1.7
+# A phrase's presence logit before training: sigmoid(2) = 0.88, "present" (see TokenBranch).
+INITIAL_PRESENCE_LOGIT = 2.0
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -83,10 +86,15 @@ class TokenBranch(nn.Module):
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
 
     With ``cell_scores`` (several answers: phrases that name several objects or none) every
-    cell also gets a 2-way score from the same input as its box (a small MLP), its object logit
-    raised by ``pointer_gain`` times its pointer logit's distance below the peak's, and the branch
-    answers with every cell: "logits" (B, N, 2) and "boxes" (B, N, 4) (= "cell_boxes"); padding
-    cells score "no object". Trained by matching cells to the targets (see the criterion).
+    cell also gets an object logit from the same input as its box (a small MLP), lowered by
+    ``pointer_gain`` times its pointer logit's distance below the peak's; the phrase gets a
+    presence logit (does it name anything here?) from the attention-pooled token; a cell's
+    object probability is the product of the two sigmoids. The branch answers with every cell:
+    "logits" (B, N, 2) (log P(object), log P(no object)), "boxes" (B, N, 4) (= "cell_boxes"),
+    "presence_logits" (B,) and "cell_logits" (B, N, 2), the cells' own 2-way logits; padding
+    cells score "no object". The cells' own scores are trained by matching cells to the targets,
+    presence against whether the phrase names anything (see the criterion); presence reads the
+    branch's inputs without training them.
     """
 
     def __init__(
@@ -116,6 +124,13 @@ class TokenBranch(nn.Module):
         # pointer holds the phrase's relations (the landmark, "left of"), the cell's own
         # features do not, and a one-answer model fine-tuned for several answers keeps its answers.
         self.pointer_gain = nn.Parameter(torch.ones(())) if cell_scores else None
+        # Whether the phrase names anything at all (ReLA's no-target classifier), read from what
+        # the pointer found (the attention-pooled token): a cell alone cannot tell "the purple
+        # star" that is not there from the purple circle it is. It starts out saying "present".
+        self.presence_head = MLP(dim, dim, 1, 2) if cell_scores else None
+        if self.presence_head is not None:
+            nn.init.zeros_(self.presence_head.layers[-1].weight)
+            nn.init.constant_(self.presence_head.layers[-1].bias, INITIAL_PRESENCE_LOGIT)
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
         self.landmark_relation = LandmarkRelation(dim, landmark_pointer, embedding_dim) if landmark_relation else None
@@ -152,9 +167,19 @@ class TokenBranch(nn.Module):
             cell_boxes = cell_boxes_from_deltas(self.box_head(features).float(), grid)
             scores = self.score_head(features).float()
             pointed = (logits - logits.amax(dim=-1, keepdim=True)).clamp(min=-30.0)  # 0 at the peak
-            object_logits = scores[..., 0] + self.pointer_gain * pointed
-            scores = torch.stack([object_logits.masked_fill(~visual_mask, -1e4), scores[..., 1]], dim=-1)
-            return {"logits": scores, "boxes": cell_boxes, "cell_boxes": cell_boxes, "ref_logits": logits} | relation
+            cell_logits = scores[..., 0] + self.pointer_gain * pointed - scores[..., 1]
+            # Presence reads the branch's inputs and where it points without training them: its
+            # loss leaves the features that the answers are read from as the answers need them.
+            pointer, seen = attention.detach().to(visual.dtype), visual.detach()
+            pooled = self.value(torch.einsum("bn,bnd->bd", pointer, seen))
+            presence = self.presence_head(self.proj(token.detach()) + pooled).float()[:, 0]  # (B,)
+            cell_logits = cell_logits.masked_fill(~visual_mask, -1e4)
+            # The cells are trained on their own probability (a phrase that names nothing lowers
+            # every cell, as the relations must), presence on its own loss; the answer is both.
+            scores = answer_logits(cell_logits, presence.detach())
+            own = torch.stack([cell_logits, torch.zeros_like(cell_logits)], dim=-1)
+            return {"logits": scores, "cell_logits": own, "boxes": cell_boxes, "cell_boxes": cell_boxes,
+                    "ref_logits": logits, "presence_logits": presence} | relation  # fmt: skip
         # value() is affine and the attention sums to 1: pooling first is the same, 1/N the work.
         pooled = self.value(torch.einsum("bn,bnd->bd", attention.to(visual.dtype), visual))
         x = self.proj(token) + pooled
@@ -194,6 +219,18 @@ class TokenBranch(nn.Module):
             else:
                 features = features + (detail if cells is None else gather_cells(detail, cells))
         return features
+
+
+def answer_logits(cell_logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
+    """2-way logits (B, N, 2) whose softmax is P(object) = sigmoid(cell) * sigmoid(presence),
+    from the cells' object logits (B, N) and the phrase's presence logits (B,): [log p,
+    log(1 - p)], computed in log space (1 - p = sigmoid(-cell) + sigmoid(cell) sigmoid(-presence))."""
+    presence = presence_logits[:, None].expand_as(cell_logits)
+    log_object = F.logsigmoid(cell_logits) + F.logsigmoid(presence)
+    log_other = torch.logsumexp(
+        torch.stack([F.logsigmoid(-cell_logits), F.logsigmoid(cell_logits) + F.logsigmoid(-presence)]), dim=0
+    )
+    return torch.stack([log_object, log_other], dim=-1)
 
 
 def cell_boxes_from_deltas(delta: torch.Tensor, grid: tuple[int, int], cells: torch.Tensor | None = None) -> torch.Tensor:
