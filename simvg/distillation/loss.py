@@ -258,7 +258,7 @@ class DistillationLoss(nn.Module):
         ramp = sigmoid_rampup(float(self.step), d.one_rampup_fraction * self.config.train.max_steps)
         return {
             "loss_gt_ce": d.gt * loss.ce, "loss_gt_l1": d.gt * loss.l1, "loss_gt_giou": d.gt * loss.giou,
-            "loss_tok_ref": d.gt * loss.token_ref,
+            "loss_tok_ref": d.gt * loss.token_ref, "loss_gt_presence": d.gt * loss.presence,
             "loss_one_cells": d.one * ramp, "loss_one_scores": d.one * ramp,
             "loss_one_l1": d.one_box * ramp * loss.l1, "loss_one_giou": d.one_box * ramp * loss.giou,
             "loss_cell_kd": d.cell_kd, "loss_takfl_cells": d.cell_kd,
@@ -441,6 +441,8 @@ class DistillationLoss(nn.Module):
             losses[f"loss_gt_{name}"] = sum(p[f"loss_tok_{name}"] for p in parts)
         if self.config.loss.token_ref > 0:
             losses["loss_tok_ref"] = sum(p["loss_tok_ref"] for p in parts)
+        if all("loss_tok_presence" in p for p in parts):  # a student with several answers
+            losses["loss_gt_presence"] = sum(p["loss_tok_presence"] for p in parts)
         single = None  # the phrases with one target: every one where batch.targets is given
         if batch.targets is None:
             single = single_target_rows(targets, token["ref_logits"].device)

@@ -112,7 +112,8 @@ def test_phrases_with_no_one_or_three_targets_train_the_cells_scores(set_teacher
     total, logs = module(batch)
     expected = {"loss_box_kd_l1", "loss_box_kd_giou"}
     if objective == "full":
-        expected |= {"loss_gt_ce", "loss_gt_l1", "loss_gt_giou", "loss_tok_ref", "loss_cell_kd", "loss_score_kd"}
+        expected |= {"loss_gt_ce", "loss_gt_l1", "loss_gt_giou", "loss_tok_ref", "loss_cell_kd", "loss_score_kd",
+                     "loss_gt_presence"}  # fmt: skip
         expected |= {"loss_one_cells", "loss_one_scores", "loss_one_l1", "loss_one_giou"} if branches > 1 else set()
     else:
         expected |= {"loss_takfl_cells", "loss_takfl_scores"}
