@@ -124,9 +124,9 @@ class TokenBranch(nn.Module):
         # pointer holds the phrase's relations (the landmark, "left of"), the cell's own
         # features do not, and a one-answer model fine-tuned for several answers keeps its answers.
         self.pointer_gain = nn.Parameter(torch.ones(())) if cell_scores else None
-        # Whether the phrase names anything at all (ReLA's no-target classifier), read from what
-        # the pointer found (the attention-pooled token): a cell alone cannot tell "the purple
-        # star" that is not there from the purple circle it is. It starts out saying "present".
+        # Whether the phrase names anything at all (ReLA's no-target classifier), read from the
+        # phrase and what the pointer found, its best match (the attention-pooled token), once
+        # per phrase rather than per cell. It starts out saying "present".
         self.presence_head = MLP(dim, dim, 1, 2) if cell_scores else None
         if self.presence_head is not None:
             nn.init.zeros_(self.presence_head.layers[-1].weight)
