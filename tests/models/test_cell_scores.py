@@ -94,6 +94,7 @@ def test_matching_trains_one_answer_per_target_and_none_for_no_target():
 
 
 def test_a_cell_answers_with_the_product_of_its_own_and_the_phrases_presence_probability():
+    torch.manual_seed(0)
     cell_logits, presence = torch.randn(3, 5) * 6, torch.tensor([-8.0, 0.0, 9.0])
     logits = answer_logits(cell_logits, presence)
     expected = cell_logits.sigmoid() * presence.sigmoid()[:, None]
