@@ -27,7 +27,8 @@ from simvg.benchmark import save_table, take_turns
 from simvg.data.dataset import Collator
 from simvg.data.images import DEFAULT_MAX_SIDE, load_image
 from simvg.data.transforms import letterbox_resize, letterbox_to_original, pad_to_square
-from simvg.inference import Grounder, decode_side, query_boxes
+from simvg.inference import Grounder, decode_side
+from simvg.models.postprocess import query_boxes
 from simvg.weights import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

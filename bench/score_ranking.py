@@ -3,7 +3,7 @@ branch's highest-scoring box; it is *right* when its IoU with one of the record'
 is >= 0.5, *wrong* otherwise, and always wrong on a no-target expression (any box is). Reports
 the AUROC of the score for right against wrong-or-no-target answers (and against each kind
 alone), the expected calibration error, a reliability table and plot, and, on a generalized
-split, the GREC metrics (F1-accuracy, N-acc).
+split, the GREC metrics (F1-accuracy, N-acc, and the share right per kind of phrase).
 
     python bench/score_ranking.py runs/teacher/best --data-root data --dataset synthref-g --split val
 
@@ -27,6 +27,7 @@ from simvg.metrics import (
     answer_is_right,
     auroc,
     expected_calibration_error,
+    grec_match,
     plot_reliability,
     reliability_bins,
 )
@@ -59,6 +60,17 @@ def ranking_report(rows: list[dict], num_bins: int = 10) -> dict:
     }
 
 
+def correct_by_kind(rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """Per kind of phrase ("single", "multi", "none": by its number of targets), the share (%)
+    of phrases the GREC protocol counts right (F1 = 1 at its thresholds) and their number."""
+    counts = {"single": [0, 0], "multi": [0, 0], "none": [0, 0]}
+    for r in rows:
+        kind = "none" if not r["gt_boxes"] else "single" if len(r["gt_boxes"]) == 1 else "multi"
+        counts[kind][0] += grec_match(r["pred_boxes"], r["pred_scores"], r["gt_boxes"]).correct
+        counts[kind][1] += 1
+    return {k: (100.0 * right / max(n, 1), n) for k, (right, n) in counts.items()}
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -86,7 +98,8 @@ def main() -> None:
     dataset = GroundingDataset(records, grounder.preprocessor, train=False, max_items=args.max_expressions)
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
-    results = predict_split(grounder.model, loader, [args.branch], grounder.device, amp, progress=sys.stderr.isatty())
+    results = predict_split(grounder.model, loader, [args.branch], grounder.device, amp, progress=sys.stderr.isatty(),
+                            nms_iou=grounder.config.model.head.answer_nms)
     rows = results[args.branch]
     report = ranking_report(rows, args.bins)
     metrics = summarize(results, args.batch_size)[args.branch]
@@ -102,8 +115,11 @@ def main() -> None:
         f"{fmt(report['ece'])} | {metrics['acc@0.5']:.2f} ({metrics['count']}) |",
     ]
     if "f1_acc" in metrics:
-        lines += ["", "| F1-accuracy (score >= 0.7, GIoU >= 0.5) | N-acc |", "|---|---|",
-                  f"| {metrics['f1_acc']:.2f} | {fmt(metrics['n_acc'], 2)} |"]  # fmt: skip
+        kinds = correct_by_kind(rows)
+        lines += ["", "| F1-accuracy (score >= 0.7, GIoU >= 0.5) | N-acc | F1 = 1: single target | multi-target | no target |",
+                  "|---|---|---|---|---|",
+                  f"| {metrics['f1_acc']:.2f} | {fmt(metrics['n_acc'], 2)} | "
+                  + " | ".join(f"{kinds[k][0]:.1f} ({kinds[k][1]})" for k in ("single", "multi", "none")) + " |"]  # fmt: skip
     lines += ["", "Reliability (share of right answers per score bin):", "",
               "| score | answers | mean score | share right |", "|---|---|---|---|"]  # fmt: skip
     for b in report["bins"]:

@@ -110,7 +110,8 @@ class EncoderConfig:
 
 LANDMARK_POINTERS = ("token", "words")
 HEAD_TYPES = ("cells", "simvg")
-SCORE_TARGETS = ("label", "iou")
+CELL_ASSIGNMENTS = ("centre", "match")
+SCORE_TARGETS = ("label", "iou", "hit")
 
 
 @dataclass
@@ -158,9 +159,14 @@ class HeadConfig:
     # left-to-right GRU, which keeps the words apart (the fused tokens lost which words name
     # the landmark: docs/synthref-teacher.md).
     landmark_pointer: str = "token"
+    # Several answers: a box overlapping a higher-scored one of the same phrase at IoU above
+    # this is a duplicate and scores 0 (non-maximum suppression); 0 = off.
+    answer_nms: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("model.head.type", self.type, HEAD_TYPES)
+        if not 0.0 <= self.answer_nms < 1.0:
+            raise ValueError(f"model.head.answer_nms must be in [0, 1), got {self.answer_nms}")
         if self.type == "simvg":
             cells_only = {"token_branches": self.token_branches != 1, "landmark_relation": self.landmark_relation,
                           "reference_window": self.reference_window != 1}  # fmt: skip
@@ -273,10 +279,15 @@ class LossConfig:
     # A "cells" token branch with several answers: binary cross-entropy of the phrase's
     # presence logit against whether it names any object (ReLA's no-target classifier).
     presence: float = 1.0
+    # A "cells" token branch with several answers: which cell's score learns "object" for each
+    # target. "centre": the cell holding the target's centre (the cell the pointer is trained
+    # on, as CenterNet's peak); "match": DETR's Hungarian matching of cells to targets.
+    cell_assignment: str = "centre"
 
     def __post_init__(self) -> None:
         if self.score_target is not None:
             _check_choice("loss.score_target", self.score_target, SCORE_TARGETS)
+        _check_choice("loss.cell_assignment", self.cell_assignment, CELL_ASSIGNMENTS)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from simvg.data.images import DEFAULT_MAX_SIDE, LoadedImage, load_image
 from simvg.data.transforms import letterbox_to_original
 from simvg.engine.checkpoint import load_checkpoint, save_checkpoint
 from simvg.engine.optim import autocast
-from simvg.models.postprocess import BRANCHES
+from simvg.models.postprocess import BRANCHES, query_boxes
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -225,7 +225,7 @@ class Grounder:
             outputs = self.model(
                 batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask, use_decoder=branch == "decoder"
             )
-        boxes, scores = query_boxes(outputs, branch)  # (B, Q, 4), (B, Q)
+        boxes, scores = query_boxes(outputs, branch, self.config.model.head.answer_nms)  # (B, Q, 4), (B, Q)
         batch_size, queries = scores.shape
         letterboxes = [lb for lb in batch.letterboxes for _ in range(queries)]
         boxes = letterbox_to_original(boxes.reshape(-1, 4).cpu(), self.config.model.image_size, letterboxes)
@@ -272,21 +272,3 @@ def decode_side(source: ImageInput, size: int) -> int:
         except Exception:  # any unreadable source: load_image names the problem
             longest = 0
     return reduced if longest > DEFAULT_MAX_SIDE else DEFAULT_MAX_SIDE
-
-
-def query_boxes(outputs: dict, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every query's box and score of ``branch`` ("token" or "decoder") in the model's outputs.
-
-    Returns boxes (B, Q, 4) normalised cx, cy, w, h in the letterbox frame and scores (B, Q),
-    the object probability softmax(logits)[..., 0]; a branch with one box per sample (logits
-    (B, 2)) has Q = 1.
-    """
-    if branch not in BRANCHES:
-        raise ValueError(f"unknown branch '{branch}'; choose one of: {', '.join(BRANCHES)}")
-    if branch not in outputs:
-        raise ValueError(f"the model produced no '{branch}' branch output (does it have a decoder branch?)")
-    out = outputs[branch]
-    logits, boxes = out["logits"].float(), out["boxes"].float()
-    if logits.dim() == 2:
-        logits, boxes = logits[:, None], boxes[:, None]
-    return boxes, logits.softmax(-1)[..., 0]

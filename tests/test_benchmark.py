@@ -69,3 +69,6 @@ def test_score_ranking_bench_counts_right_wrong_and_no_target_answers():
     assert report["auroc"] == 5 / 6
     assert report["auroc_vs_wrong_box"] == 1.0 and report["auroc_vs_no_target"] == 3 / 4
     assert sum(b["count"] for b in report["bins"]) == 5
+    # GREC at 0.7: the first is right, the second keeps a false box too, the third a wrong one;
+    # the first no-target phrase keeps nothing (right), the second a box (wrong).
+    assert bench.correct_by_kind(rows) == {"single": (100 / 3, 3), "multi": (0.0, 0), "none": (50.0, 2)}

@@ -140,3 +140,18 @@ def test_cli_predict_all(checkpoint, tmp_path, capsys):
     assert main(batch) == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(r["image"], r["text"], len(r["results"])) for r in rows] == [("a.png", "x", 4), ("a.png", "y", 4)]
+
+
+def test_answer_nms_drops_a_box_that_repeats_a_better_one(checkpoint):
+    """model.head.answer_nms: a query whose box overlaps a higher-scored one is not an answer."""
+    grounder = Grounder.from_pretrained(checkpoint, device="cpu")
+    grounder.config.model.head.answer_nms = 0.5
+    repeated = [BOXES[0], (0.26, 0.25, 0.2, 0.2), BOXES[2], BOXES[3]]  # query 1 repeats query 0
+    handle = answer(grounder, "decoder", scores=[0.9, 0.8, 0.75, 0.1], boxes=repeated)
+    try:
+        found = grounder.predict_all(IMAGE, "all the red circles", threshold=0.7, branch="decoder")
+        assert [round(r.score, 5) for r in found] == [0.9, 0.75]
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match="answer_nms"):
+        load_config(TINY_CONFIG, overrides=["model.head.answer_nms=1.5"])

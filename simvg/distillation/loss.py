@@ -13,7 +13,7 @@ truth, so it also trains on unlabelled images.
 
 A student with several answers (every cell answers with its own score, as its teacher's do)
 trains on phrases with any number of targets (``batch.target_sets``): the ground truth through
-the criterion's set losses (Hungarian matching of cells to targets), KD of the teacher's
+the criterion's set losses (each target's centre cell answers it), KD of the teacher's
 per-cell object probabilities, of its distribution over cells on the phrases with one target
 (or, without ground truth, the phrases the teacher answers with one cell), and box KD towards
 each answer the teacher gives.

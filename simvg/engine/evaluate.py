@@ -27,7 +27,7 @@ from simvg.metrics import (
     paired_box_iou,
     resized_frame_iou,
 )
-from simvg.models.postprocess import select_boxes
+from simvg.models.postprocess import query_boxes, select_boxes
 
 
 def evaluation_loader(dataset: GroundingDataset, batch_size: int, num_workers: int, pad_token_id: int) -> DataLoader:
@@ -47,17 +47,6 @@ def target_boxes(record: GroundingRecord) -> list[tuple[float, float, float, flo
     return [tuple(float(v) for v in box) for box in record.boxes_xyxy]
 
 
-def query_boxes(outputs: dict, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every query's box and score of ``branch``: boxes (B, Q, 4) normalised cx, cy, w, h in
-    the model's input frame, scores (B, Q) object probabilities (Q = 1 for a single-query
-    token branch)."""
-    out = outputs[branch]
-    boxes, scores = out["boxes"].float(), out["logits"].float().softmax(-1)[..., 0]
-    if boxes.dim() == 2:
-        boxes, scores = boxes[:, None], scores[:, None]
-    return boxes, scores
-
-
 @torch.no_grad()
 def predict_split(
     model: torch.nn.Module,
@@ -66,13 +55,15 @@ def predict_split(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    nms_iou: float = 0.0,
 ) -> dict[str, list[dict]]:
     """Per branch, one result per expression: ref_id, image_id, expression, expression_type,
     pred_box (the branch's answer) and gt_box (None unless the record has exactly one box),
     xyxy original pixels; iou (original pixels) and official_iou (SimVG's, in the model's
     input frame), None without exactly one box; score; batch (the index of the evaluation
     batch); pred_boxes and pred_scores (every query of the branch) and gt_boxes (all of the
-    record's boxes, possibly none)."""
+    record's boxes, possibly none). ``nms_iou``: the model's ``model.head.answer_nms`` (see
+    :func:`~simvg.models.postprocess.query_boxes`)."""
     model.eval()
     dataset: GroundingDataset = loader.dataset
     image_size = dataset.preprocessor.image_size
@@ -93,7 +84,7 @@ def predict_split(
             pred = letterbox_to_original(boxes.cpu(), image_size, batch.letterboxes).double()
             ious = paired_box_iou(pred, gt)
             official = resized_frame_iou(boxes.cpu(), gt, image_size, scales, sizes)
-            every_box, every_score = query_boxes(outputs, branch)
+            every_box, every_score = query_boxes(outputs, branch, nms_iou)
             q = every_box.shape[1]
             every_pred = letterbox_to_original(every_box.cpu().reshape(-1, 4), image_size,
                                                [lb for lb in batch.letterboxes for _ in range(q)]).reshape(-1, q, 4)  # fmt: skip

@@ -18,7 +18,7 @@ from distill.losses import box_distillation_loss
 from simvg.config import LossConfig, ModelConfig
 from simvg.models.heads.grid import grid_centres
 from simvg.models.matcher import NO_OBJECT, OBJECT, hungarian_match
-from simvg.models.set_loss import class_loss, matched_pairs, paired_iou, set_losses
+from simvg.models.set_loss import class_loss, matched_pairs, paired_iou, score_goal, set_losses
 from simvg.models.simvg_criterion import SimVGCriterion, TargetSets, as_target_sets
 
 
@@ -54,6 +54,29 @@ def centre_cells(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B,) index of the row-major grid cell holding each target's centre; targets (B, 4)
     normalised cxcywh."""
     return point_cells(targets[:, :2], grid)
+
+
+def reference_set_loss(
+    ref_logits: torch.Tensor, grid: tuple[int, int], target_sets: list[torch.Tensor],
+    content_logits: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """:func:`reference_loss` for target sets (B tensors (T_i, 4) normalised cxcywh, T_i >= 1):
+    the attention's cross-entropy against an even share of each target's centre cell, so that
+    a phrase naming several objects points at all of them. With one target per phrase it is
+    :func:`reference_loss`."""
+    device = ref_logits.device
+    rows = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, t in enumerate(target_sets)]).to(device)
+    share = torch.cat([torch.full((len(t),), 1.0 / len(t)) for t in target_sets]).to(device)
+    cells = centre_cells(torch.cat([t.float() for t in target_sets]).to(device), grid)
+    if content_logits is None:
+        return (F.cross_entropy(ref_logits[rows].float(), cells, reduction="none") * share).sum() / len(target_sets)
+    loss = (F.cross_entropy(content_logits[rows].float(), cells, reduction="none") * share).sum() / len(target_sets)
+    final = ref_logits[rows].float()
+    reachable = final.gather(1, cells[:, None])[:, 0] > -1e9  # see reference_loss
+    if reachable.any():
+        per_pair = F.cross_entropy(final[reachable], cells[reachable], reduction="none") * share[reachable]
+        loss = loss + per_pair.sum() / len(target_sets)
+    return loss
 
 
 def reference_loss(
@@ -173,7 +196,7 @@ class GroundingCriterion(nn.Module):
         rows = torch.arange(len(targets), device=targets.device)
         object_target = torch.zeros(logits.shape[:2], device=targets.device)
         weights = self.class_weight[NO_OBJECT].expand(logits.shape[:2]).clone()
-        object_target[rows, matched] = paired_iou(boxes[rows, matched].detach(), targets) if self.score_target == "iou" else 1.0
+        object_target[rows, matched] = score_goal(boxes[rows, matched].detach(), targets, self.score_target)
         weights[rows, matched] = 1.0
         ce = class_loss(logits, object_target, weights)
         l1, giou = box_losses(boxes[rows, matched], targets)
@@ -200,10 +223,7 @@ class GroundingCriterion(nn.Module):
         samples ``rows`` with a target (``targets`` (M, 4)), "no object" for the others."""
         logits = token["logits"]
         object_target = torch.zeros(len(logits), device=logits.device)
-        if self.score_target == "iou":
-            object_target[rows] = paired_iou(token["boxes"][rows].detach(), targets)
-        else:
-            object_target[rows] = 1.0
+        object_target[rows] = score_goal(token["boxes"][rows].detach(), targets, self.score_target)
         return class_loss(logits, object_target, torch.ones_like(object_target))
 
     def forward(self, outputs: dict, targets: torch.Tensor | TargetSets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -282,21 +302,42 @@ class GroundingCriterion(nn.Module):
 
     def _cell_set_losses(self, token: dict, target_sets: TargetSets, grid: tuple[int, int]) -> tuple:
         """A token branch whose every cell answers: (class loss, L1, 1 - GIoU). The cells'
-        scores are trained by Hungarian matching of cells to targets (a matched cell learns
-        "object", or its box's IoU; every other "no object", weighted no_object_weight); the
-        boxes, as with one target, on every cell that lies on a target (the target whose centre
-        is nearest, where targets overlap), each sample's cells sharing its weight."""
+        scores learn "object" (or what ``score_target`` makes of the box) on one cell per
+        target: the cell holding its centre (``loss.cell_assignment`` "centre", every other
+        cell "no object", see :meth:`_assigned_cell_class_loss`) or the cell Hungarian matching
+        gives it ("match", the others "no object" weighted no_object_weight). The boxes, as with
+        one target, on every cell that lies on a target (the target whose centre is nearest,
+        where targets overlap), each sample's cells sharing its weight."""
         logits, cell_boxes = token.get("cell_logits", token["logits"]), token["cell_boxes"]
+        rows, cell_goals, positives = set_positive_cells(target_sets, grid, logits.device)
+        l1, giou = cell_box_losses(cell_boxes[rows], cell_goals, positives)
+        if self.config.cell_assignment == "centre":
+            images = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, t in enumerate(target_sets)])
+            goals = torch.cat([t.float() for t in target_sets]).to(logits.device) if len(images) else cell_boxes.new_zeros(0, 4)
+            images, cells = images.to(logits.device), centre_cells(goals, grid)
+            return self._assigned_cell_class_loss(logits, cell_boxes, images, cells, goals), l1, giou
         matches = hungarian_match(logits, cell_boxes, target_sets, self.costs)
         images, cells, predicted, goals = matched_pairs(cell_boxes, target_sets, matches)
         object_target = torch.zeros(logits.shape[:2], device=logits.device)
         weights = self.class_weight[NO_OBJECT].expand(logits.shape[:2]).clone()
-        object_target[images, cells] = paired_iou(predicted.detach(), goals) if self.score_target == "iou" else 1.0
+        object_target[images, cells] = score_goal(predicted.detach(), goals, self.score_target)
         weights[images, cells] = 1.0
-        ce = class_loss(logits, object_target, weights)
-        rows, cell_goals, positives = set_positive_cells(target_sets, grid, logits.device)
-        l1, giou = cell_box_losses(cell_boxes[rows], cell_goals, positives)
-        return ce, l1, giou
+        return class_loss(logits, object_target, weights), l1, giou
+
+    def _assigned_cell_class_loss(
+        self, logits: torch.Tensor, cell_boxes: torch.Tensor, images: torch.Tensor, cells: torch.Tensor,
+        goals: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """The cells' class loss where the cells that answer each target are fixed (not
+        matched): cell ``cells`` (M,) of sample ``images`` (M,) answers target ``goals`` (M, 4)
+        and learns "object" (or what ``score_target`` makes of its box); every other cell, and
+        every cell of a phrase without target, learns "no object", all weighted alike so that
+        a score is the share of such cells that are right. Summed over the cells and divided
+        by the number of answering cells (at least the batch size), as RetinaNet's."""
+        object_target = torch.zeros(logits.shape[:2], device=logits.device)
+        object_target[images, cells] = score_goal(cell_boxes[images, cells].detach(), goals, self.score_target)
+        weights = torch.ones_like(object_target)
+        return class_loss(logits, object_target, weights) * weights.sum() / max(len(images), len(logits))
 
     def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:
         """forward() for a token branch whose every cell answers (a "cells" head with several
@@ -326,12 +367,12 @@ class GroundingCriterion(nn.Module):
                 losses |= {f"loss_tok_kd_{k}": v * balance for k, v in zip(("ce", "l1", "giou"), kd)}
                 stats["dwbd_weight"] = float(balance)
         if self.config.token_ref > 0:
-            single = torch.tensor([i for i, t in enumerate(target_sets) if len(t) == 1], dtype=torch.long, device=device)
-            if len(single):
-                targets = torch.stack([target_sets[i][0] for i in single.tolist()]).to(device).float()
+            named = torch.tensor([i for i, t in enumerate(target_sets) if len(t)], dtype=torch.long, device=device)
+            if len(named):
                 content = token.get("content_logits")
-                losses["loss_tok_ref"] = reference_loss(token["ref_logits"][single], grid, targets,
-                                                        None if content is None else content[single])  # fmt: skip
+                losses["loss_tok_ref"] = reference_set_loss(token["ref_logits"][named], grid,
+                                                            [target_sets[i] for i in named.tolist()],
+                                                            None if content is None else content[named])  # fmt: skip
             else:
                 losses["loss_tok_ref"] = token["ref_logits"].float().sum() * 0.0
         presence = token.get("presence_logits")

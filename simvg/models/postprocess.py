@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torchvision.ops import batched_nms, box_convert
 
 BRANCHES = ("token", "decoder")
 
@@ -26,3 +27,38 @@ def select_boxes(outputs: dict, branch: str) -> tuple[torch.Tensor, torch.Tensor
         rows = torch.arange(len(best), device=best.device)
         return boxes[rows, best], probs[rows, best]
     return boxes, probs
+
+
+def query_boxes(outputs: dict, branch: str, nms_iou: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query's box and score of ``branch`` ("token" or "decoder") in the model's outputs.
+
+    Returns boxes (B, Q, 4) normalised cx, cy, w, h in the letterbox frame and scores (B, Q),
+    the object probability softmax(logits)[..., 0]; a branch with one box per sample (logits
+    (B, 2)) has Q = 1. With ``nms_iou`` > 0 (``model.head.answer_nms``) a query whose box
+    overlaps a higher-scored one of its sample at IoU > ``nms_iou`` is a duplicate of it and
+    scores 0 (non-maximum suppression); the best-scored query always stays.
+    """
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown branch '{branch}'; choose one of: {', '.join(BRANCHES)}")
+    if branch not in outputs:
+        raise ValueError(f"the model produced no '{branch}' branch output (does it have a decoder branch?)")
+    out = outputs[branch]
+    logits, boxes = out["logits"].float(), out["boxes"].float()
+    if logits.dim() == 2:
+        logits, boxes = logits[:, None], boxes[:, None]
+    scores = logits.softmax(-1)[..., 0]
+    if nms_iou > 0 and scores.shape[1] > 1:
+        scores = suppress_duplicates(boxes, scores, nms_iou)
+    return boxes, scores
+
+
+def suppress_duplicates(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """``scores`` (B, Q) with every query whose box (B, Q, 4, normalised cxcywh) overlaps a
+    higher-scored box of the same sample at IoU > ``iou`` set to 0 (torchvision's NMS)."""
+    b, q = scores.shape
+    flat = box_convert(boxes.reshape(-1, 4), "cxcywh", "xyxy")
+    samples = torch.arange(b, device=scores.device).repeat_interleave(q)
+    kept = batched_nms(flat, scores.reshape(-1), samples, iou)
+    mask = torch.zeros(b * q, dtype=torch.bool, device=scores.device)
+    mask[kept] = True
+    return scores * mask.view(b, q)

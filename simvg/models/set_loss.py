@@ -16,7 +16,7 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from simvg.models.matcher import NO_OBJECT, OBJECT, Match
 
-__all__ = ["NO_OBJECT", "OBJECT", "class_loss", "matched_pairs", "paired_iou", "set_losses"]
+__all__ = ["NO_OBJECT", "OBJECT", "class_loss", "matched_pairs", "paired_iou", "score_goal", "set_losses"]
 
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,6 +24,16 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return box_iou(
         box_convert(a.float(), "cxcywh", "xyxy"), box_convert(b.float(), "cxcywh", "xyxy")
     ).diagonal()
+
+
+def score_goal(predicted: torch.Tensor, goals: torch.Tensor, score_target: str) -> torch.Tensor:
+    """What an answering prediction's object probability learns (M,), from its box and its
+    target (M, 4) normalised cxcywh: 1 ("label"), the two boxes' IoU ("iou"), or whether that
+    IoU reaches 0.5, the box being right at Acc@0.5 ("hit")."""
+    if score_target == "label":
+        return torch.ones(len(predicted), device=predicted.device)
+    iou = paired_iou(predicted, goals)
+    return (iou >= 0.5).float() if score_target == "hit" else iou
 
 
 def class_loss(
@@ -66,19 +76,14 @@ def set_losses(
     logits: (B, P, 2); boxes: (B, P, 4) normalised cxcywh; target_sets: B tensors (T_i, 4);
     matches: from :func:`~simvg.models.matcher.hungarian_match`. The class loss is over every
     prediction (unmatched ones learn "no object", weighted ``no_object_weight``; matched ones
-    learn "object", or their box's IoU with ``score_target`` "iou"); L1 (summed over the 4
+    learn :func:`score_goal`); L1 (summed over the 4
     coordinates) and 1 - GIoU are summed over the matched pairs and divided by the number of
     target boxes in the batch (at least 1), as DETR does.
     """
     images, preds, predicted, goals = matched_pairs(boxes, target_sets, matches)
     object_target = torch.zeros(logits.shape[:2], device=logits.device)
     weights = torch.full(logits.shape[:2], no_object_weight, device=logits.device)
-    quality = (
-        paired_iou(predicted.detach(), goals)
-        if score_target == "iou"
-        else torch.ones(len(preds), device=logits.device)
-    )
-    object_target[images, preds] = quality
+    object_target[images, preds] = score_goal(predicted.detach(), goals, score_target)
     weights[images, preds] = 1.0
     ce = class_loss(logits, object_target, weights)
     num_boxes = max(sum(len(t) for t in target_sets), 1)

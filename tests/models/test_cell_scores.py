@@ -58,16 +58,18 @@ def test_a_batch_without_targets_moves_no_cell_box():
     assert float(boxes.grad.abs().max()) == 0.0 and float(logits.grad[..., 0].max()) > 0  # object logits pushed down
 
 
-def test_matching_trains_one_answer_per_target_and_none_for_no_target():
+@pytest.mark.parametrize("assignment", ["match", "centre"])
+def test_set_training_gives_one_answer_per_target_and_none_for_no_target(assignment):
     """A tiny branch on a 4 x 4 grid where the targets are the cells whose visual token carries a
-    mark (0 to 3 per image): trained by matching, the cells scoring >= 0.5 are exactly the
-    targets' cells (one answer per target, no duplicates), and an image without a mark has none."""
+    mark (0 to 3 per image): trained by matching (or on the targets' centre cells), the cells
+    scoring >= 0.5 are exactly the targets' cells (one answer per target, no duplicates), and
+    an image without a mark has none."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     grid, dim = (4, 4), 16
     centres = grid_centres(grid)
     branch = TokenBranch(dim, cell_scores=True)
-    criterion = GroundingCriterion(LossConfig(dwbd=False, token_ref=0.0))
+    criterion = GroundingCriterion(LossConfig(dwbd=False, token_ref=0.0, cell_assignment=assignment))
     optimizer = torch.optim.Adam(branch.parameters(), lr=3e-3)
 
     def batch(size: int):
@@ -115,3 +117,48 @@ def test_presence_learns_whether_the_phrase_names_anything():
     assert "loss_tok_presence" in criterion.weight_dict
     criterion.total(losses, 1).backward()
     assert presence.grad[0] > 0 and (presence.grad[1:] < 0).all()  # gradient descent lowers the first
+
+
+def test_the_centre_assignment_teaches_each_targets_centre_cell_object_and_every_other_cell_no_object():
+    """loss.cell_assignment "centre": the cell holding each target's centre has its object
+    logit pushed up, every other cell's down (also those on the target), and every cell of a
+    phrase without target down."""
+    criterion = GroundingCriterion(LossConfig(dwbd=False, token_ref=0.0, score_target="label", cell_assignment="centre"))
+    grid = (4, 4)
+    logits = torch.zeros(2, 16, 2, requires_grad=True)
+    boxes = torch.rand(2, 16, 4).mul(0.5).add(0.2)
+    out = {"token": {"logits": logits, "boxes": boxes, "cell_boxes": boxes, "ref_logits": torch.randn(2, 16)}, "grid": grid}
+    targets = torch.tensor([[0.375, 0.375, 0.6, 0.6], [0.875, 0.125, 0.2, 0.2]])  # centres in cells 5 and 3
+    losses, _ = criterion(out, [targets, torch.zeros(0, 4)])
+    criterion.total(losses, 1).backward()
+    raised = logits.grad[0, :, 0] < 0  # gradient descent raises these object logits
+    assert raised.nonzero().flatten().tolist() == [3, 5]
+    assert (logits.grad[0, :, 0][~raised] > 0).all() and (logits.grad[1, :, 0] > 0).all()
+
+
+def test_the_pointer_learns_every_target_of_a_phrase():
+    """With several targets the pointing loss is lowest when the attention is shared evenly by
+    their centre cells; with one it is the single-target loss."""
+    from simvg.models.criterion import reference_loss, reference_set_loss
+
+    grid = (4, 4)
+    targets = torch.tensor([[0.125, 0.125, 0.2, 0.2], [0.875, 0.875, 0.2, 0.2]])  # cells 0 and 15
+    logits = torch.randn(3, 16)
+    torch.testing.assert_close(reference_set_loss(logits, grid, [t[None] for t in targets] + [targets[:1]]),
+                               reference_loss(logits, grid, torch.cat([targets, targets[:1]])))  # fmt: skip
+    even, one = torch.zeros(1, 16), torch.zeros(1, 16)
+    even[0, [0, 15]], one[0, 0] = 10.0, 10.0
+    assert reference_set_loss(even, grid, [targets]) < reference_set_loss(one, grid, [targets])
+    assert reference_set_loss(even, grid, [targets]) < 0.7 + 1e-3  # log 2: an even share is the optimum
+
+
+def test_non_maximum_suppression_drops_duplicates_only():
+    from simvg.models.postprocess import query_boxes
+
+    boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]]] * 2)
+    p = torch.tensor([[0.6, 0.9, 0.8], [0.9, 0.2, 0.1]])
+    out = {"token": {"logits": torch.stack([p.log(), (1 - p).log()], dim=-1), "boxes": boxes}}
+    _, raw = query_boxes(out, "token")
+    torch.testing.assert_close(raw, p)
+    _, scores = query_boxes(out, "token", nms_iou=0.5)
+    torch.testing.assert_close(scores, torch.tensor([[0.0, 0.9, 0.8], [0.9, 0.0, 0.1]]))

@@ -86,14 +86,14 @@ class TokenBranch(nn.Module):
     cell's box is regressed: the same answer at a fraction of the head's inference cost.
 
     With ``cell_scores`` (several answers: phrases that name several objects or none) every
-    cell also gets an object logit from the same input as its box (a small MLP), lowered by
-    ``pointer_gain`` times its pointer logit's distance below the peak's; the phrase gets a
+    cell also gets an object logit from the same input as its box (a small MLP), plus
+    ``pointer_gain`` times the pointer's log-probability of the cell (<= 0); the phrase gets a
     presence logit (does it name anything here?) from the attention-pooled token; a cell's
     object probability is the product of the two sigmoids. The branch answers with every cell:
     "logits" (B, N, 2) (log P(object), log P(no object)), "boxes" (B, N, 4) (= "cell_boxes"),
     "presence_logits" (B,) and "cell_logits" (B, N, 2), the cells' own 2-way logits; padding
-    cells score "no object". The cells' own scores are trained by matching cells to the targets,
-    presence against whether the phrase names anything (see the criterion); presence reads the
+    cells score "no object". The cells' own scores are trained on the cells that answer each
+    target (``loss.cell_assignment``), presence against whether the phrase names anything (see the criterion); presence reads the
     branch's inputs without training them.
     """
 
@@ -166,7 +166,9 @@ class TokenBranch(nn.Module):
             features = self._cell_features(condition, visual, detail)
             cell_boxes = cell_boxes_from_deltas(self.box_head(features).float(), grid)
             scores = self.score_head(features).float()
-            pointed = (logits - logits.amax(dim=-1, keepdim=True)).clamp(min=-30.0)  # 0 at the peak
+            # The pointer's log-probability of the cell: near 0 at a sure peak, log 1/2 for a
+            # peak shared with a look-alike, far below it elsewhere.
+            pointed = logits.log_softmax(dim=-1).clamp(min=-30.0)
             cell_logits = scores[..., 0] + self.pointer_gain * pointed - scores[..., 1]
             # Presence reads the branch's inputs and where it points without training them: its
             # loss leaves the features that the answers are read from as the answers need them.
