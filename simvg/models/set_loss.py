@@ -5,7 +5,8 @@ A box's score is its object probability, softmax(logits)[..., 0]. With the score
 (weighted ``no_object_weight``), so a single-query branch trained on one target per phrase
 scores every answer ~1. With "iou" a matched prediction's object probability learns the IoU
 of its box with its target (detached): the score says how right the box is, and a phrase
-with no target teaches every prediction "no object".
+with no target teaches every prediction "no object". With "hit" it learns whether that IoU
+reaches 0.5: the score estimates the chance that the answer is right.
 """
 
 from __future__ import annotations
