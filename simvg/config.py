@@ -283,11 +283,19 @@ class LossConfig:
     # target. "centre": the cell holding the target's centre (the cell the pointer is trained
     # on, as CenterNet's peak); "match": DETR's Hungarian matching of cells to targets.
     cell_assignment: str = "centre"
+    # With cell_assignment "centre": a cell other than a target's centre cell whose box overlaps
+    # that target at IoU >= this learns nothing about its score (YOLOv3's ignore threshold), so
+    # the centre cell's look-alike neighbours on the same object are not taught "no object"
+    # (model.head.answer_nms removes their duplicate answers). 0 = off: every other cell learns
+    # "no object".
+    cell_ignore_iou: float = 0.0
 
     def __post_init__(self) -> None:
         if self.score_target is not None:
             _check_choice("loss.score_target", self.score_target, SCORE_TARGETS)
         _check_choice("loss.cell_assignment", self.cell_assignment, CELL_ASSIGNMENTS)
+        if not 0.0 <= self.cell_ignore_iou <= 1.0:
+            raise ValueError(f"loss.cell_ignore_iou must be in [0, 1], got {self.cell_ignore_iou}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from distill.losses import box_distillation_loss
 from simvg.config import LossConfig, ModelConfig
@@ -332,11 +332,22 @@ class GroundingCriterion(nn.Module):
         matched): cell ``cells`` (M,) of sample ``images`` (M,) answers target ``goals`` (M, 4)
         and learns "object" (or what ``score_target`` makes of its box); every other cell, and
         every cell of a phrase without target, learns "no object", all weighted alike so that
-        a score is the share of such cells that are right. Summed over the cells and divided
-        by the number of answering cells (at least the batch size), as RetinaNet's."""
+        a score is the share of such cells that are right; with ``loss.cell_ignore_iou`` > 0 a
+        cell whose box overlaps one of its phrase's targets at that IoU or more learns nothing
+        unless it answers one. Summed over the cells and divided by the number of answering
+        cells (at least the batch size), as RetinaNet's."""
         object_target = torch.zeros(logits.shape[:2], device=logits.device)
         object_target[images, cells] = score_goal(cell_boxes[images, cells].detach(), goals, self.score_target)
         weights = torch.ones_like(object_target)
+        threshold = self.config.cell_ignore_iou
+        if threshold > 0 and len(images):
+            with torch.no_grad():
+                xyxy = box_convert(cell_boxes.detach().float(), "cxcywh", "xyxy")
+                goals_xyxy = box_convert(goals.float(), "cxcywh", "xyxy")
+                for i in images.unique().tolist():
+                    overlap = box_iou(xyxy[i], goals_xyxy[images == i])  # (N, targets of phrase i)
+                    weights[i, overlap.amax(dim=1) >= threshold] = 0.0
+            weights[images, cells] = 1.0
         return class_loss(logits, object_target, weights) * weights.sum() / max(len(images), len(logits))
 
     def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:

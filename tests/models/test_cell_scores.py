@@ -136,6 +136,25 @@ def test_the_centre_assignment_teaches_each_targets_centre_cell_object_and_every
     assert (logits.grad[0, :, 0][~raised] > 0).all() and (logits.grad[1, :, 0] > 0).all()
 
 
+def test_the_ignore_threshold_leaves_a_centre_cells_look_alikes_untaught():
+    """loss.cell_ignore_iou: a cell other than the centre cell whose box overlaps the target at
+    that IoU or more gets no score gradient at all; the centre cell is still raised, a cell
+    with a box elsewhere still lowered, and a phrase without target lowers every cell."""
+    criterion = GroundingCriterion(LossConfig(dwbd=False, token_ref=0.0, score_target="label", cell_ignore_iou=0.5))
+    target = torch.tensor([0.375, 0.375, 0.4, 0.4])  # centre in cell 5
+    boxes = torch.tensor([0.8, 0.8, 0.1, 0.1]).repeat(2, 16, 1)
+    boxes[0, [4, 5, 6]] = target  # cells 4 and 6 answer with the target's box, as cell 5 does
+    boxes[0, 9] = torch.tensor([0.375, 0.375, 0.2, 0.2])  # IoU 0.25 with the target
+    logits = torch.zeros(2, 16, 2, requires_grad=True)
+    out = {"token": {"logits": logits, "boxes": boxes, "cell_boxes": boxes, "ref_logits": torch.randn(2, 16)}, "grid": (4, 4)}
+    losses, _ = criterion(out, [target[None], torch.zeros(0, 4)])
+    criterion.total(losses, 1).backward()
+    grad = logits.grad[..., 0]
+    assert grad[0, 5] < 0 and (grad[0, [4, 6]] == 0).all()
+    others = [c for c in range(16) if c not in (4, 5, 6)]
+    assert (grad[0, others] > 0).all() and (grad[1] > 0).all()
+
+
 def test_the_pointer_learns_every_target_of_a_phrase():
     """With several targets the pointing loss is lowest when the attention is shared evenly by
     their centre cells; with one it is the single-target loss."""
