@@ -296,6 +296,9 @@ class LossConfig:
         _check_choice("loss.cell_assignment", self.cell_assignment, CELL_ASSIGNMENTS)
         if not 0.0 <= self.cell_ignore_iou <= 1.0:
             raise ValueError(f"loss.cell_ignore_iou must be in [0, 1], got {self.cell_ignore_iou}")
+        if self.cell_ignore_iou > 0 and self.cell_assignment != "centre":
+            raise ValueError("loss.cell_ignore_iou applies to loss.cell_assignment 'centre' only, "
+                             f"got cell_assignment {self.cell_assignment!r}")
 
 
 @dataclass
