@@ -54,10 +54,13 @@ SynthRef, this project's synthetic benchmark: shapes (circle, square, triangle, 
 cross) in seven colours (red, orange, yellow, green, cyan, blue, purple) and two sizes, on plain
 or patterned backgrounds, named by colour, shape, size, position (left, right, top, bottom,
 middle) and relation to another shape (*left of*, *above*, *nearest to*, *farthest from*, *the
-bigger of the two*). Try the SynthRef examples below.
+bigger of the two*). It answers a phrase with every shape it names: one box (*the cyan
+circle*), several (*all the stars*), or *no match* when nothing fits (*the purple square* where
+there is none). A box's score is the model's chance that it is right; boxes under the
+threshold (0.7) are not shown. Try the SynthRef examples below.
 
-**What it does not know: real photographs.** On a photo its boxes are meaningless, however
-high its scores. To ground phrases in photos, start the demo on a checkpoint trained on real
+**What it does not know: real photographs.** On a photo it mostly says *no match*, but the
+boxes it does show there are meaningless, however high their scores. To ground phrases in photos, start the demo on a checkpoint trained on real
 images (RefCOCO/+/g, or SimVG's released weights imported into simvg; see the README):
 `python app.py --checkpoint DIR`.
 """

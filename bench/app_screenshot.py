@@ -1,12 +1,12 @@
 """Regenerate the README's demo screenshot (docs/demo.png) from the real app.
 
     python bench/app_screenshot.py [--out docs/demo.png] [--image examples/synthref_0000001.png]
-        [--phrases "cyan circle" "the star furthest from the orange circle"] [--checkpoint DIR]
+        [--phrases "all the stars" "the purple square"] [--checkpoint DIR]
 
 Starts ``python app.py`` (the shipped model unless --checkpoint is given) on a free local
 port, drives it in headless Chromium (Debian's /usr/bin/chromium, through Playwright): uploads
-the image, types the phrases, presses Ground, waits for the table of boxes, and saves a
-screenshot of the page's top part.
+the image, types the phrases, presses Ground, waits for the table of boxes (a row per box, or
+one saying "no match"), and saves a screenshot of the page's top part.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 DEFAULT_IMAGE = ROOT / "examples" / "synthref_0000001.png"
-DEFAULT_PHRASES = ["cyan circle", "the star furthest from the orange circle"]
+# Several objects, one, none: the shipped model answers each as it should.
+DEFAULT_PHRASES = ["all the stars", "the star furthest from the orange circle", "the purple square"]
 
 
 def free_port() -> int:
@@ -56,7 +57,8 @@ def start_app(checkpoint: str | None, port: int, log: Path, timeout: float = 120
 
 def ground_in_browser(page, url: str, image: Path, phrases: list[str], timeout_ms: int = 60_000) -> list[list[str]]:
     """Open the app at ``url`` in the Playwright ``page``, ground ``phrases`` in ``image``; returns
-    the rows of the boxes table (phrase number, phrase, x0, y0, x1, y1, score) as text."""
+    the rows of the boxes table as text: (phrase number, phrase, x0, y0, x1, y1, score) per box,
+    (phrase number, phrase, "no match") for a phrase without one."""
     page.set_default_timeout(timeout_ms)
     page.goto(url)
     file_input = page.locator("input[type=file]").first
@@ -66,7 +68,11 @@ def ground_in_browser(page, url: str, image: Path, phrases: list[str], timeout_m
     page.get_by_label("Phrases (one per line)").fill("\n".join(phrases))
     page.get_by_role("button", name="Ground", exact=True).click()
     page.locator("#grounded-image img").wait_for(state="visible")
-    page.wait_for_function(f"document.querySelectorAll('#boxes-table tbody tr').length === {len(phrases)}")
+    # A row per box (a phrase may have several, or one saying "no match"), phrases in order.
+    last = f"'{len(phrases)}'"
+    page.wait_for_function("(() => { const rows = document.querySelectorAll('#boxes-table tbody tr');"
+                           f" return rows.length >= {len(phrases)} &&"
+                           f" rows[rows.length - 1].querySelector('td').innerText.trim() === {last}; }})()")
     rows = page.locator("#boxes-table tbody tr")
     return [[cell.strip() for cell in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
 
@@ -82,6 +88,7 @@ def capture(url: str, image: Path, phrases: list[str], out: Path, size: tuple[in
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             rows = ground_in_browser(page, url, image, phrases)
             out.parent.mkdir(parents=True, exist_ok=True)
+            page.evaluate("window.scrollTo(0, 0)")  # the page's top, wherever grounding left it
             page.screenshot(path=str(out))
         finally:
             browser.close()

@@ -99,7 +99,7 @@ def main() -> None:
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
     results = predict_split(grounder.model, loader, [args.branch], grounder.device, amp, progress=sys.stderr.isatty(),
-                            nms_iou=grounder.config.model.head.answer_nms)
+                            nms_iou=grounder.config.model.head.answer_nms, merge=grounder.config.model.head.answer_merge)
     rows = results[args.branch]
     report = ranking_report(rows, args.bins)
     metrics = summarize(results, args.batch_size)[args.branch]

@@ -118,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     loader = evaluation_loader(dataset, args.batch_size, 0, grounder.tokenizer.pad_token_id)
     amp = torch.bfloat16 if grounder.device.type == "cuda" else None
     results = predict_split(grounder.model, loader, branches, grounder.device, amp, progress=sys.stderr.isatty(),
-                            nms_iou=grounder.config.model.head.answer_nms)
+                            nms_iou=grounder.config.model.head.answer_nms, merge=grounder.config.model.head.answer_merge)
     metrics = summarize(results, args.batch_size)
     if args.save_predictions:
         path = Path(args.save_predictions)

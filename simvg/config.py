@@ -110,6 +110,7 @@ class EncoderConfig:
 
 LANDMARK_POINTERS = ("token", "words")
 HEAD_TYPES = ("cells", "simvg")
+ANSWER_MERGES = ("max", "sum")
 CELL_ASSIGNMENTS = ("centre", "match")
 SCORE_TARGETS = ("label", "iou", "hit")
 
@@ -162,9 +163,16 @@ class HeadConfig:
     # Several answers: a box overlapping a higher-scored one of the same phrase at IoU above
     # this is a duplicate and scores 0 (non-maximum suppression); 0 = off.
     answer_nms: float = 0.0
+    # What a kept answer scores after answer_nms: "max", its own score (the duplicates are
+    # dropped); "sum", its own plus its duplicates' (at most 1), for cells trained to answer each
+    # target with its centre cell alone (loss.cell_assignment: centre): the cells of one object
+    # then hold exclusive chances of being its centre, and their sum is the chance the object is
+    # a target. docs/generalized-grounding.md measures it.
+    answer_merge: str = "max"
 
     def __post_init__(self) -> None:
         _check_choice("model.head.type", self.type, HEAD_TYPES)
+        _check_choice("model.head.answer_merge", self.answer_merge, ANSWER_MERGES)
         if not 0.0 <= self.answer_nms < 1.0:
             raise ValueError(f"model.head.answer_nms must be in [0, 1), got {self.answer_nms}")
         if self.type == "simvg":

@@ -225,7 +225,7 @@ class Grounder:
             outputs = self.model(
                 batch.images, batch.pixel_mask, batch.input_ids, batch.text_mask, use_decoder=branch == "decoder"
             )
-        boxes, scores = query_boxes(outputs, branch, self.config.model.head.answer_nms)  # (B, Q, 4), (B, Q)
+        boxes, scores = query_boxes(outputs, branch, self.config.model.head.answer_nms, self.config.model.head.answer_merge)  # (B, Q, 4), (B, Q)
         batch_size, queries = scores.shape
         letterboxes = [lb for lb in batch.letterboxes for _ in range(queries)]
         boxes = letterbox_to_original(boxes.reshape(-1, 4).cpu(), self.config.model.image_size, letterboxes)

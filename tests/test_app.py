@@ -613,3 +613,29 @@ def test_the_screenshot_script_captures_the_app(server, tmp_path):
     assert [row[1] for row in rows] == shots.DEFAULT_PHRASES
     with Image.open(out) as image:
         assert image.size == (1280, 900)
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(240)
+def test_the_shipped_model_answers_none_one_or_several_in_the_browser(tmp_path):
+    """The demo as `make demo` serves it (the shipped model, no --checkpoint): "all the stars"
+    gets a box on each of the example's three stars, "the purple square" (there is none) gets
+    "no match"."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make browser) for the end-to-end test")
+    shots = screenshot_module()
+    port = shots.free_port()
+    process = shots.start_app(None, port, tmp_path / "app.log")
+    try:
+        rows = shots.capture(f"http://127.0.0.1:{port}", shots.DEFAULT_IMAGE, shots.DEFAULT_PHRASES, tmp_path / "demo.png")
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    by_phrase = {phrase: [row[2:] for row in rows if row[1] == phrase] for phrase in shots.DEFAULT_PHRASES}
+    stars, furthest, purple = (by_phrase[phrase] for phrase in shots.DEFAULT_PHRASES)
+    assert len(stars) == 3 and all(float(row[4]) >= 0.7 for row in stars), rows
+    centres = sorted(((float(r[0]) + float(r[2])) / 2, (float(r[1]) + float(r[3])) / 2) for r in stars)
+    flat = [v for centre in centres for v in centre]
+    assert flat == pytest.approx([89, 23, 179, 112, 227, 170], abs=8), rows  # the example's three stars
+    assert len(furthest) == 1 and furthest[0][0] != "no match", rows
+    assert purple == [["no match"]], rows

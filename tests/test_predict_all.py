@@ -155,3 +155,24 @@ def test_answer_nms_drops_a_box_that_repeats_a_better_one(checkpoint):
         handle.remove()
     with pytest.raises(ValueError, match="answer_nms"):
         load_config(TINY_CONFIG, overrides=["model.head.answer_nms=1.5"])
+
+
+def test_answer_merge_sum_gives_a_kept_box_its_duplicates_chances(checkpoint):
+    """model.head.answer_merge "sum": two cells on one object at 0.45 and 0.4 (each unsure which
+    is the object's centre) answer it once at 0.85; a box on another object keeps its own score;
+    nothing exceeds 1."""
+    grounder = Grounder.from_pretrained(checkpoint, device="cpu")
+    grounder.config.model.head.answer_nms = 0.5
+    grounder.config.model.head.answer_merge = "sum"
+    boxes = [BOXES[0], (0.26, 0.25, 0.2, 0.2), BOXES[2], (0.76, 0.3, 0.1, 0.2)]  # 1 repeats 0, 3 repeats 2
+    handle = answer(grounder, "decoder", scores=[0.45, 0.4, 0.75, 0.5], boxes=boxes)
+    try:
+        found = grounder.predict_all(IMAGE, "all the red circles", threshold=0.7, branch="decoder")
+        assert [round(r.score, 5) for r in found] == [1.0, 0.85]
+        assert np.allclose(found[1].box, expected_box(BOXES[0]), atol=1e-3)  # the better-scored cell's box
+        grounder.config.model.head.answer_merge = "max"
+        assert [round(r.score, 5) for r in grounder.predict_all(IMAGE, "x", threshold=0.01, branch="decoder")] == [0.75, 0.45]
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match="answer_merge"):
+        load_config(TINY_CONFIG, overrides=["model.head.answer_merge=mean"])

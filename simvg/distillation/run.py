@@ -202,7 +202,8 @@ def distill_takfl(teachers: list[dict], base: Config, data_root: str, output: Pa
 
     def evaluate(state: dict) -> float:
         student.load_state_dict(state)
-        results = predict_split(student, loader, ("token",), context.device, nms_iou=config.model.head.answer_nms)
+        results = predict_split(student, loader, ("token",), context.device, nms_iou=config.model.head.answer_nms,
+                                merge=config.model.head.answer_merge)
         return selection_score(summarize(results), "token")
 
     lambdas, scores = choose_lambdas(base.distill.merge_lambdas, start_state, vectors, student, loader, evaluate,

@@ -56,14 +56,15 @@ def predict_split(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     nms_iou: float = 0.0,
+    merge: str = "max",
 ) -> dict[str, list[dict]]:
     """Per branch, one result per expression: ref_id, image_id, expression, expression_type,
     pred_box (the branch's answer) and gt_box (None unless the record has exactly one box),
     xyxy original pixels; iou (original pixels) and official_iou (SimVG's, in the model's
     input frame), None without exactly one box; score; batch (the index of the evaluation
     batch); pred_boxes and pred_scores (every query of the branch) and gt_boxes (all of the
-    record's boxes, possibly none). ``nms_iou``: the model's ``model.head.answer_nms`` (see
-    :func:`~simvg.models.postprocess.query_boxes`)."""
+    record's boxes, possibly none). ``nms_iou`` and ``merge``: the model's ``model.head.answer_nms``
+    and ``answer_merge`` (see :func:`~simvg.models.postprocess.query_boxes`)."""
     model.eval()
     dataset: GroundingDataset = loader.dataset
     image_size = dataset.preprocessor.image_size
@@ -84,7 +85,7 @@ def predict_split(
             pred = letterbox_to_original(boxes.cpu(), image_size, batch.letterboxes).double()
             ious = paired_box_iou(pred, gt)
             official = resized_frame_iou(boxes.cpu(), gt, image_size, scales, sizes)
-            every_box, every_score = query_boxes(outputs, branch, nms_iou)
+            every_box, every_score = query_boxes(outputs, branch, nms_iou, merge)
             q = every_box.shape[1]
             every_pred = letterbox_to_original(every_box.cpu().reshape(-1, 4), image_size,
                                                [lb for lb in batch.letterboxes for _ in range(q)]).reshape(-1, q, 4)  # fmt: skip

@@ -221,7 +221,7 @@ def _validate(run: _Run, step: int) -> None:
     cfg = task.config.train
     loader = evaluation_loader(task.val_dataset, cfg.eval_batch_size, 0, task.tokenizer.pad_token_id)
     results = predict_split(run.eval_model, loader, task.eval_branches, run.context.device, run.amp_dtype,
-                             nms_iou=task.config.model.head.answer_nms)
+                             nms_iou=task.config.model.head.answer_nms, merge=task.config.model.head.answer_merge)
     metrics = summarize(results, cfg.eval_batch_size)
     if run.ema is None:
         task.export_model.train()

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from simvg.models.heads.grid import grid_centres
@@ -228,11 +227,19 @@ def answer_logits(cell_logits: torch.Tensor, presence_logits: torch.Tensor) -> t
     from the cells' object logits (B, N) and the phrase's presence logits (B,): [log p,
     log(1 - p)], computed in log space (1 - p = sigmoid(-cell) + sigmoid(cell) sigmoid(-presence))."""
     presence = presence_logits[:, None].expand_as(cell_logits)
-    log_object = F.logsigmoid(cell_logits) + F.logsigmoid(presence)
+    log_object = log_sigmoid(cell_logits) + log_sigmoid(presence)
     log_other = torch.logsumexp(
-        torch.stack([F.logsigmoid(-cell_logits), F.logsigmoid(cell_logits) + F.logsigmoid(-presence)]), dim=0
+        torch.stack([log_sigmoid(-cell_logits), log_sigmoid(cell_logits) + log_sigmoid(-presence)]), dim=0
     )
     return torch.stack([log_object, log_other], dim=-1)
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), finite for every finite x, also in an
+    ONNX export: with F.logsigmoid, onnxruntime scored every cell of a phrase whose presence is
+    very low exactly 0 (torch: about 1e-19), so its best answer was the first cell's
+    (tests/test_onnx.py)."""
+    return x.clamp(max=0) - torch.log1p(torch.exp(-x.abs()))
 
 
 def cell_boxes_from_deltas(delta: torch.Tensor, grid: tuple[int, int], cells: torch.Tensor | None = None) -> torch.Tensor:
