@@ -175,6 +175,9 @@ class HeadConfig:
         _check_choice("model.head.answer_merge", self.answer_merge, ANSWER_MERGES)
         if not 0.0 <= self.answer_nms < 1.0:
             raise ValueError(f"model.head.answer_nms must be in [0, 1), got {self.answer_nms}")
+        if self.answer_merge == "sum" and self.answer_nms == 0:
+            raise ValueError("model.head.answer_merge 'sum' adds up the duplicates model.head.answer_nms "
+                             "removes; set answer_nms (e.g. 0.5)")
         if self.type == "simvg":
             cells_only = {"token_branches": self.token_branches != 1, "landmark_relation": self.landmark_relation,
                           "reference_window": self.reference_window != 1}  # fmt: skip

@@ -176,3 +176,5 @@ def test_answer_merge_sum_gives_a_kept_box_its_duplicates_chances(checkpoint):
         handle.remove()
     with pytest.raises(ValueError, match="answer_merge"):
         load_config(TINY_CONFIG, overrides=["model.head.answer_merge=mean"])
+    with pytest.raises(ValueError, match="answer_nms"):  # nothing to add up without duplicate removal
+        load_config(TINY_CONFIG, overrides=["model.head.answer_merge=sum"])
