@@ -60,9 +60,9 @@ there is none). A box's score is the model's chance that it is right; boxes unde
 threshold (0.7) are not shown. Try the SynthRef examples below.
 
 **What it does not know: real photographs.** On a photo it mostly says *no match*, but the
-boxes it does show there are meaningless, however high their scores. To ground phrases in photos, start the demo on a checkpoint trained on real
-images (RefCOCO/+/g, or SimVG's released weights imported into simvg; see the README):
-`python app.py --checkpoint DIR`.
+boxes it does show there are meaningless, however high their scores. To ground phrases in
+photos, start the demo on a checkpoint trained on real images (RefCOCO/+/g, or SimVG's released
+weights imported into simvg; see the README): `python app.py --checkpoint DIR`.
 """
 PHOTO_WARNING = (
     "**This image does not look like SynthRef, the only data this model was trained on.** On a "

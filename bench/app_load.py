@@ -8,8 +8,8 @@ Launches ``python app.py`` on a free port on 127.0.0.1 (serving the shipped defa
 ``simvg/weights/synthref-student``, or ``--checkpoint DIR`` when given; one of them must
 exist), waits until it answers, then runs ``--clients`` gradio_client clients in parallel
 threads, each sending ``--requests`` /ground requests (the image is uploaded every time, as a
-browser would). Every request must be answered with one box per phrase; the script exits 1
-otherwise.
+browser would). Every request must be answered for every phrase (its boxes, or none: "no
+match" is an answer of a model with several answers per phrase); the script exits 1 otherwise.
 
 Prints and writes as JSON: latency p50/p95/max (ms, per request as a client sees it, queueing
 included), throughput (requests/s over the whole run), the error count, the peak RSS of the
@@ -46,6 +46,8 @@ def free_port() -> int:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (simvg.benchmark.cpu_name's copy: this client-side script imports
+    neither torch nor simvg)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -147,8 +149,8 @@ def run_client(url: str, image: str, phrases: str, n_phrases: int, requests: int
         t0 = time.perf_counter()
         try:
             annotated, payload = client.predict(handle_file(image), phrases, api_name="/ground")
-            if not Path(annotated).is_file() or len(payload["boxes"]) != n_phrases:
-                raise RuntimeError(f"incomplete answer: {annotated!r}, {len(payload['boxes'])} boxes")
+            if not Path(annotated).is_file() or len(payload["phrases"]) != n_phrases:
+                raise RuntimeError(f"incomplete answer: {annotated!r}, {len(payload['phrases'])} phrases answered")
         except Exception as err:  # counted and reported, the run goes on
             errors.append(f"{type(err).__name__}: {err}")
         else:

@@ -16,30 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from simvg.benchmark import save_table, take_turns
+from simvg.benchmark import cpu_name, save_table, take_turns
 from simvg.inference import Grounder
 from simvg.weights import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "examples" / "synthref_0000001.png"
 PHRASE = "the small red circle left of the blue square"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from simvg.benchmark import benchmark_inference, format_table
+from simvg.benchmark import benchmark_inference, cpu_name, format_table
 from simvg.config import load_config
 from simvg.inference import Grounder
 from simvg.models import build_model
@@ -49,9 +48,7 @@ def main() -> None:
         grounder = Grounder.from_pretrained(args.checkpoint, device="cpu")
         model, config = grounder.model, grounder.config
     rows = benchmark_inference(model, config, args.batch_sizes, args.seconds)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    text = (f"{format_table(rows)}\n\nMachine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+    text = (f"{format_table(rows)}\n\nMachine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
             f"fp32. Command: `python bench/inference_speed.py {' '.join(sys.argv[1:])}`\n")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -10,7 +10,6 @@ calls. Writes bench/results/predict_speed.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 from pathlib import Path
 
@@ -18,21 +17,11 @@ import torch
 from PIL import Image
 
 from simvg import Grounder
-from simvg.benchmark import take_turns
+from simvg.benchmark import cpu_name, save_table, take_turns
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "examples" / "synthref_0000003.png"
 PHRASE = "the blue triangle"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform says."""
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -57,10 +46,7 @@ def main() -> None:
         params = sum(p.numel() for p in g.model.parameters()) / 1e6
         ms = [1000 * t for t in times[path]]
         lines.append(f"| {path} | {answers} | {params:.2f} | {statistics.median(ms):.1f} | {min(ms):.1f} |")
-    lines += ["", f"Command: `python bench/predict_speed.py {' '.join(args.checkpoints)}`"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_table("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -107,6 +108,18 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['batch']} | {r['mode']} | {r['ms_per_batch']:.1f} | {r['images_per_s']:.1f} | {ratio:.3f}x | "
                      f"{r['ms_fastest']:.1f} | {fastest:.3f}x |")  # fmt: skip
     return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as a benchmark report states it (Linux's /proc/cpuinfo), else what
+    ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def save_table(table: str, out: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import batched_nms, box_convert, box_iou
 
+from simvg.config import ANSWER_MERGES
+
 BRANCHES = ("token", "decoder")
 
 
@@ -51,8 +53,8 @@ def query_boxes(
     if logits.dim() == 2:
         logits, boxes = logits[:, None], boxes[:, None]
     scores = logits.softmax(-1)[..., 0]
-    if merge not in ("max", "sum"):
-        raise ValueError(f"unknown answer merge '{merge}'; choose max or sum")
+    if merge not in ANSWER_MERGES:
+        raise ValueError(f"unknown answer merge '{merge}'; choose one of: {', '.join(ANSWER_MERGES)}")
     if nms_iou > 0 and scores.shape[1] > 1:
         merged = suppress_duplicates if merge == "max" else merge_duplicates
         scores = merged(boxes, scores, nms_iou)
