@@ -169,6 +169,10 @@ class HeadConfig:
     # then hold exclusive chances of being its centre, and their sum is the chance the object is
     # a target. docs/generalized-grounding.md measures it.
     answer_merge: str = "max"
+    # Several answers ("cells" head): whether the presence loss also trains what the presence
+    # head reads (the fused object token and visual tokens). False: presence reads them without
+    # training them, and the cells' loss alone shapes them.
+    presence_trains_encoder: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("model.head.type", self.type, HEAD_TYPES)
@@ -300,6 +304,11 @@ class LossConfig:
     # (model.head.answer_nms removes their duplicate answers). 0 = off: every other cell learns
     # "no object".
     cell_ignore_iou: float = 0.0
+    # A "cells" token branch with several answers: true = a phrase that names nothing trains the
+    # presence head alone, not the cells, so that a cell's own score is its chance of answering
+    # given that the phrase names something, and the answer's product with presence counts
+    # "names nothing" once. False: such a phrase also teaches every cell "no object".
+    cells_given_presence: bool = False
 
     def __post_init__(self) -> None:
         if self.score_target is not None:
@@ -307,6 +316,9 @@ class LossConfig:
         _check_choice("loss.cell_assignment", self.cell_assignment, CELL_ASSIGNMENTS)
         if not 0.0 <= self.cell_ignore_iou <= 1.0:
             raise ValueError(f"loss.cell_ignore_iou must be in [0, 1], got {self.cell_ignore_iou}")
+        if self.cells_given_presence and self.cell_assignment != "centre":
+            raise ValueError("loss.cells_given_presence applies to loss.cell_assignment 'centre' only, "
+                             f"got cell_assignment {self.cell_assignment!r}")
         if self.cell_ignore_iou > 0 and self.cell_assignment != "centre":
             raise ValueError("loss.cell_ignore_iou applies to loss.cell_assignment 'centre' only, "
                              f"got cell_assignment {self.cell_assignment!r}")

@@ -109,3 +109,26 @@ def test_simvg_recipes_build_at_their_real_sizes(name, sizes):
     ours = {k: v.shape for k, v in model.encoder.beit3.state_dict().items()}
     assert ours == {k: v.shape for k, v in reference.state_dict().items()}
     assert type(model.head.token_branch).__name__ == "SimVGTokenBranch"  # the paper's head
+
+
+def test_the_synthref_g_teacher_recipe_is_the_default_teacher_answering_with_sets():
+    # docs/generalized-grounding.md measures this recipe; it must stay the default teacher's
+    # recipe plus what answering with sets needs, so that a change to one is a change to both.
+    import dataclasses
+
+    def flat(config, prefix=""):
+        items = config.items() if isinstance(config, dict) else dataclasses.asdict(config).items()
+        out = {}
+        for key, value in items:
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    teacher = flat(load_config(next(p for p in CONFIGS if p.name == "synthref_hybrid.yaml")))
+    sets = flat(load_config(next(p for p in CONFIGS if p.name == "synthref_g_teacher.yaml")))
+    changed = {k: sets[k] for k in sets if sets[k] != teacher[k]}
+    assert changed == {
+        "data.dataset": "synthref-g", "model.head.num_queries": 10, "model.head.answer_nms": 0.5,
+        "model.head.answer_merge": "sum", "loss.score_target": "hit", "loss.cell_ignore_iou": 0.5,
+        "model.head.presence_trains_encoder": True, "loss.cells_given_presence": True,
+        "train.max_steps": 1400, "train.eval_every": 700, "train.save_every": 700,
+    }  # fmt: skip

@@ -348,6 +348,10 @@ class GroundingCriterion(nn.Module):
                     overlap = box_iou(xyxy[i], goals_xyxy[images == i])  # (N, targets of phrase i)
                     weights[i, overlap.amax(dim=1) >= threshold] = 0.0
             weights[images, cells] = 1.0
+        if self.config.cells_given_presence:
+            named = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+            named[images] = True
+            weights[~named] = 0.0
         return class_loss(logits, object_target, weights) * weights.sum() / max(len(images), len(logits))
 
     def _every_cell_answers(self, outputs: dict, target_sets: TargetSets) -> tuple[dict, dict]:

@@ -181,3 +181,40 @@ def test_non_maximum_suppression_drops_duplicates_only():
     torch.testing.assert_close(raw, p)
     _, scores = query_boxes(out, "token", nms_iou=0.5)
     torch.testing.assert_close(scores, torch.tensor([[0.0, 0.9, 0.8], [0.9, 0.0, 0.1]]))
+
+
+def test_cells_given_presence_leave_a_phrase_without_target_to_the_presence_head():
+    """loss.cells_given_presence: a phrase that names nothing teaches its cells nothing (their
+    scores are the chance of answering given that the phrase names something) and still lowers
+    its presence; a phrase with a target trains its cells as before."""
+    config = LossConfig(dwbd=False, token_ref=0.0, score_target="label", cells_given_presence=True)
+    criterion = GroundingCriterion(config)
+    logits = torch.zeros(2, 16, 2, requires_grad=True)
+    presence = torch.zeros(2, requires_grad=True)
+    boxes = torch.rand(2, 16, 4).mul(0.5).add(0.2)
+    out = {"token": {"logits": logits, "boxes": boxes, "cell_boxes": boxes, "ref_logits": torch.randn(2, 16),
+                     "presence_logits": presence}, "grid": (4, 4)}  # fmt: skip
+    target = torch.tensor([[0.375, 0.375, 0.6, 0.6]])  # centre in cell 5
+    losses, _ = criterion(out, [target, torch.zeros(0, 4)])
+    criterion.total(losses, 1).backward()
+    grad = logits.grad[..., 0]
+    assert grad[0, 5] < 0 and (grad[0, [c for c in range(16) if c != 5]] > 0).all()
+    assert (logits.grad[1] == 0).all() and presence.grad[1] > 0
+    with pytest.raises(ValueError, match="cells_given_presence"):
+        LossConfig(cells_given_presence=True, cell_assignment="match")
+
+
+@pytest.mark.parametrize("trains", [False, True])
+def test_presence_trains_the_encoders_tokens_only_when_asked(trains):
+    """model.head.presence_trains_encoder: the presence logit's gradient reaches the object token
+    and the visual tokens it reads; by default it reads them without training them."""
+    torch.manual_seed(0)
+    branch = TokenBranch(16, cell_scores=True, presence_trains_encoder=trains)
+    torch.nn.init.normal_(branch.presence_head.layers[-1].weight)  # it starts at 0: "present" whatever it reads
+    token = torch.randn(2, 16, requires_grad=True)
+    visual = torch.randn(2, 16, 16, requires_grad=True)
+    out = branch(token, visual, torch.ones(2, 16, dtype=torch.bool), (4, 4))
+    out["presence_logits"].sum().backward()
+    reached = [bool((t.grad is not None) and (t.grad != 0).any()) for t in (token, visual)]
+    assert reached == [trains, trains]
+

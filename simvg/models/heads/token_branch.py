@@ -34,6 +34,7 @@ INITIAL_SIZE_LOGIT = -1.7
 INITIAL_PRESENCE_LOGIT = 2.0
 
 
+
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
@@ -92,8 +93,10 @@ class TokenBranch(nn.Module):
     "logits" (B, N, 2) (log P(object), log P(no object)), "boxes" (B, N, 4) (= "cell_boxes"),
     "presence_logits" (B,) and "cell_logits" (B, N, 2), the cells' own 2-way logits; padding
     cells score "no object". The cells' own scores are trained on the cells that answer each
-    target (``loss.cell_assignment``), presence against whether the phrase names anything (see the criterion); presence reads the
-    branch's inputs without training them.
+    target (``loss.cell_assignment``), presence against whether the phrase names anything (see
+    the criterion). Presence reads the branch's inputs without training them, unless
+    ``presence_trains_encoder``: then its loss also trains the object token and the visual
+    tokens it reads (the pointer's attention stays untrained by it either way).
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class TokenBranch(nn.Module):
         landmark_pointer: str = "token",
         embedding_dim: int | None = None,
         cell_scores: bool = False,
+        presence_trains_encoder: bool = False,
     ):
         super().__init__()
+        self.presence_trains_encoder = presence_trains_encoder
         if reference_window < 0 or (reference_window and reference_window % 2 == 0):
             raise ValueError(f"model.head.reference_window must be 0 or odd, got {reference_window}")
         self.reference_window = reference_window
@@ -169,14 +174,19 @@ class TokenBranch(nn.Module):
             # peak shared with a look-alike, far below it elsewhere.
             pointed = logits.log_softmax(dim=-1).clamp(min=-30.0)
             cell_logits = scores[..., 0] + self.pointer_gain * pointed - scores[..., 1]
-            # Presence reads the branch's inputs and where it points without training them: its
-            # loss leaves the features that the answers are read from as the answers need them.
-            pointer, seen = attention.detach().to(visual.dtype), visual.detach()
+            # Presence reads where the branch points without training it, and its inputs either
+            # without training them (the answers alone shape the features) or, with
+            # presence_trains_encoder, training them too (whether a location or relation holds
+            # is then learnt where presence reads it).
+            pointer, seen, phrase = attention.detach().to(visual.dtype), visual, token
+            if not self.presence_trains_encoder:
+                seen, phrase = visual.detach(), token.detach()
             pooled = self.value(torch.einsum("bn,bnd->bd", pointer, seen))
-            presence = self.presence_head(self.proj(token.detach()) + pooled).float()[:, 0]  # (B,)
+            presence = self.presence_head(self.proj(phrase) + pooled).float()[:, 0]  # (B,)
             cell_logits = cell_logits.masked_fill(~visual_mask, -1e4)
             # The cells are trained on their own probability (a phrase that names nothing lowers
-            # every cell, as the relations must), presence on its own loss; the answer is both.
+            # every cell, unless loss.cells_given_presence), presence on its own loss; the
+            # answer is both.
             scores = answer_logits(cell_logits, presence.detach())
             own = torch.stack([cell_logits, torch.zeros_like(cell_logits)], dim=-1)
             return {"logits": scores, "cell_logits": own, "boxes": cell_boxes, "cell_boxes": cell_boxes,
@@ -278,12 +288,14 @@ class MultiBranchTokenHead(nn.Module):
         landmark_pointer: str = "token",
         embedding_dim: int | None = None,
         cell_scores: bool = False,
+        presence_trains_encoder: bool = False,
     ):
         super().__init__()
         from distill.one import ONE
 
         self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation, landmark_pointer,
-                                           embedding_dim, cell_scores), num_branches, in_features=dim)  # fmt: skip
+                                           embedding_dim, cell_scores, presence_trains_encoder),
+                       num_branches, in_features=dim)  # fmt: skip
         if deploy_branch is not None and not 0 <= deploy_branch < num_branches:
             raise ValueError(f"head.deploy_branch {deploy_branch} out of range for {num_branches} token branches")
         self.deploy_branch = deploy_branch
