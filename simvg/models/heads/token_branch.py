@@ -34,7 +34,6 @@ INITIAL_SIZE_LOGIT = -1.7
 INITIAL_PRESENCE_LOGIT = 2.0
 
 
-
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
