@@ -217,4 +217,3 @@ def test_presence_trains_the_encoders_tokens_only_when_asked(trains):
     out["presence_logits"].sum().backward()
     reached = [bool((t.grad is not None) and (t.grad != 0).any()) for t in (token, visual)]
     assert reached == [trains, trains]
-
