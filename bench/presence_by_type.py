@@ -5,8 +5,11 @@ right under the GREC protocol (F1 = 1 at score >= 0.7), the AUROC of the presenc
 probability for phrases that name something against those that name nothing, the share of
 named phrases whose presence is under 0.7 and of no-target phrases whose presence reaches it,
 and, as a control, the AUROC of the pointer's highest raw logit (does its level say whether
-anything matches?). Then the F1-accuracy the same predictions would have at other thresholds
-than the protocol's: where the scores put the best threshold.
+anything matches?). Where the records carry SynthRef's programs, the same by kind of phrase and
+program (a location phrase by an extreme, "the leftmost circle", or by a region, "the circle on
+the left"; a relation by a direction, "left of", or a distance, "nearest to"). Then the
+F1-accuracy the same predictions would have at other thresholds than the protocol's: where the
+scores put the best threshold.
 
     python bench/presence_by_type.py runs/teacher_g/best --data-root data --split val
 
@@ -49,6 +52,15 @@ def presence_and_pointer(grounder: Grounder, loader) -> list[tuple[float, float]
     return out
 
 
+def program_kind(program: dict | None) -> str | None:
+    """A SynthRef program's operation, a relation's split into direction and distance."""
+    if not program:
+        return None
+    if program["op"] in ("relate", "relate_all"):
+        return "distance" if program["arg"] in ("closest", "farthest") else "direction"
+    return program["op"]
+
+
 def f1_accuracy(rows: list[dict], threshold: float) -> float:
     return 100 * sum(grec_match(r["pred_boxes"], r["pred_scores"], r["gt_boxes"], threshold).correct for r in rows) / len(rows)
 
@@ -74,16 +86,20 @@ def main() -> None:
     if grounder.config.model.head.num_queries <= 1:
         raise SystemExit(f"{args.checkpoint} answers once per phrase: it has no presence head")
     records = load_records(args.data_root, args.dataset, args.split, None)
-    loader = evaluation_loader(GroundingDataset(records, grounder.preprocessor, train=False), 64, 0,
-                               grounder.tokenizer.pad_token_id)  # fmt: skip
+    dataset = GroundingDataset(records, grounder.preprocessor, train=False)
+    loader = evaluation_loader(dataset, 64, 0, grounder.tokenizer.pad_token_id)
+    programs = [(records[i].extra.get("programs") or [None] * len(records[i].expressions))[j] for i, j in dataset.items]
     head = grounder.config.model.head
     rows = predict_split(grounder.model, loader, ["token"], grounder.device, nms_iou=head.answer_nms, merge=head.answer_merge)["token"]
     extra = presence_and_pointer(grounder, loader)
 
     groups: dict[str, list] = defaultdict(list)
-    for row, (presence, pointer) in zip(rows, extra, strict=True):
+    by_program: dict[str, list] = defaultdict(list)
+    for row, (presence, pointer), program in zip(rows, extra, programs, strict=True):
         right = grec_match(row["pred_boxes"], row["pred_scores"], row["gt_boxes"]).correct
         groups[family(row["expression_type"])].append((bool(row["gt_boxes"]), presence, pointer, right))
+        if (kind := program_kind(program)) is not None:
+            by_program[f"{row['expression_type']} ({kind})"].append((bool(row["gt_boxes"]), presence, right))
     threshold = GREC_SCORE_THRESHOLD
     lines = [
         f"{args.checkpoint} on {args.dataset} {args.split}, token branch; presence = the presence head's probability; "
@@ -102,6 +118,15 @@ def main() -> None:
         lines.append(f"| {name} | {len(named)} | {len(none)} | {percent(g, lambda x: x[3])} "
                      f"| {fmt(auroc([x[1] for x in g], [x[0] for x in g]))} | {percent(named, lambda x: x[1] < 0.7)} "
                      f"| {percent(none, lambda x: x[1] >= 0.7)} | {fmt(auroc([x[2] for x in g], [x[0] for x in g]))} |")  # fmt: skip
+    if by_program:
+        lines += ["", "By kind of phrase and program (SynthRef's generator):", "",
+                  "| phrases (program) | count | right (F1 = 1) % | median presence | presence < 0.7 % |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name in sorted(by_program):
+            g = by_program[name]
+            median = sorted(x[1] for x in g)[len(g) // 2]
+            lines.append(f"| {name} | {len(g)} | {percent(g, lambda x: x[2])} | {median:.2f} "
+                         f"| {percent(g, lambda x: x[1] < 0.7)} |")  # fmt: skip
     scan = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     lines += ["", "F1-accuracy (% of phrases with F1 = 1) if the protocol's threshold were another:", "",
               "| threshold | " + " | ".join(map(str, scan)) + " |", "|---|" + "---|" * len(scan),

@@ -173,6 +173,10 @@ class HeadConfig:
     # head reads (the fused object token and visual tokens). False: presence reads them without
     # training them, and the cells' loss alone shapes them.
     presence_trains_encoder: bool = False
+    # Several answers: presence also weighs where the answer lies (its centre, and its offset from
+    # the landmark) with coefficients read from the phrase, so that "on the right" or "above the
+    # square" can be checked (simvg/models/heads/token_branch.py, presence_geometry_features).
+    presence_geometry: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("model.head.type", self.type, HEAD_TYPES)

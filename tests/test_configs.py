@@ -130,5 +130,6 @@ def test_the_synthref_g_teacher_recipe_is_the_default_teacher_answering_with_set
         "data.dataset": "synthref-g", "model.head.num_queries": 10, "model.head.answer_nms": 0.5,
         "model.head.answer_merge": "sum", "loss.score_target": "hit", "loss.cell_ignore_iou": 0.5,
         "model.head.presence_trains_encoder": True, "loss.cells_given_presence": True,
+        "model.head.presence_geometry": True,
         "train.max_steps": 1400, "train.eval_every": 700, "train.save_every": 700,
     }  # fmt: skip

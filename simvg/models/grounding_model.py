@@ -97,11 +97,12 @@ class SimVG(nn.Module):
             self.token_head: nn.Module = MultiBranchTokenHead(
                 dim, head.token_branches, head.box_mlp_layers, head.deploy_branch, head.reference_window,
                 head.landmark_relation, head.landmark_pointer, width, cell_scores, head.presence_trains_encoder,
+                head.presence_geometry,
             )  # fmt: skip
         else:
             self.token_head = TokenBranch(dim, head.box_mlp_layers, head.reference_window, head.landmark_relation,
                                           head.landmark_pointer, width, cell_scores,
-                                          head.presence_trains_encoder)  # fmt: skip
+                                          head.presence_trains_encoder, head.presence_geometry)  # fmt: skip
         self.visual_proj = nn.Linear(width, dim)
         # Finer stem features (one stage before the token grid) give the token branch's
         # per-cell boxes the detail that small objects need; only the hybrid has a stem.

@@ -7,7 +7,12 @@ from simvg.config import LossConfig
 from simvg.models import build_model
 from simvg.models.criterion import GroundingCriterion, positive_cells, set_positive_cells
 from simvg.models.heads.grid import grid_centres
-from simvg.models.heads.token_branch import TokenBranch, answer_logits
+from simvg.models.heads.token_branch import (
+    INITIAL_PRESENCE_LOGIT,
+    TokenBranch,
+    answer_logits,
+    presence_geometry_features,
+)
 from simvg.models.postprocess import select_boxes
 from tests.models.test_model import inputs, tiny_config
 
@@ -217,3 +222,40 @@ def test_presence_trains_the_encoders_tokens_only_when_asked(trains):
     out["presence_logits"].sum().backward()
     reached = [bool((t.grad is not None) and (t.grad != 0).any()) for t in (token, visual)]
     assert reached == [trains, trains]
+
+
+def test_presence_geometry_places_the_answer_about_the_image_centre_and_the_landmark():
+    """The answer's centre, x right and y down in half image sides, then its offset from the
+    landmark: an answer in the top right cell of a 4 x 4 grid, the landmark at the bottom left."""
+    grid = (4, 4)
+    boxes = torch.cat([grid_centres(grid), torch.full((16, 2), 0.2)], dim=-1)[None]  # each cell's box on its centre
+    answer = torch.zeros(1, 16)
+    answer[0, 3] = 1.0  # row 0, column 3: centre (0.875, 0.125)
+    landmark = torch.zeros(1, 16)
+    landmark[0, 12] = 1.0  # row 3, column 0: centre (0.125, 0.875)
+    features = presence_geometry_features(answer, boxes, landmark, grid)[0]
+    expected = [0.75, -0.75, 0.75, 0.75, 0.75, 1.5, -1.5, 1.5, 1.5, 1.5 * 2**0.5]
+    torch.testing.assert_close(features, torch.tensor(expected))
+    assert (presence_geometry_features(answer, boxes, None, grid)[0, 5:] == 0).all()
+    # A letterboxed image (its left half only; the rest padding): its own frame, not the input's.
+    mask = (grid_centres(grid)[:, 0] < 0.5)[None]
+    answer = torch.zeros(1, 16)
+    answer[0, 1] = 1.0  # row 0, column 1: x 0.375 of the input, 0.75 of the image
+    torch.testing.assert_close(presence_geometry_features(answer, boxes, None, grid, mask)[0, :2], torch.tensor([0.5, -0.75]))
+
+
+def test_presence_geometry_starts_silent_and_learns_from_the_presence_loss():
+    """model.head.presence_geometry: a fresh branch says "present" whatever the phrase, as
+    without it; the presence loss then trains the coefficients it reads from the phrase."""
+    torch.manual_seed(0)
+    branch = TokenBranch(16, cell_scores=True, landmark_relation=True, presence_geometry=True)
+    out = branch(torch.randn(2, 16), torch.randn(2, 16, 16), torch.ones(2, 16, dtype=torch.bool), (4, 4))
+    torch.testing.assert_close(out["presence_logits"], torch.full((2,), INITIAL_PRESENCE_LOGIT))
+    out["presence_logits"].sum().backward()
+    assert (branch.presence_geometry.weight.grad != 0).any()
+    config = tiny_config("hybrid")
+    config.head.num_queries, config.head.presence_geometry = 3, True
+    with torch.no_grad():
+        out = build_model(config, vocab_size=30522).eval()(*inputs())
+    torch.testing.assert_close(out["token"]["presence_logits"], torch.full((2,), INITIAL_PRESENCE_LOGIT))
+

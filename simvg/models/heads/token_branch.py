@@ -95,7 +95,9 @@ class TokenBranch(nn.Module):
     target (``loss.cell_assignment``), presence against whether the phrase names anything (see
     the criterion). Presence reads the branch's inputs without training them, unless
     ``presence_trains_encoder``: then its loss also trains the object token and the visual
-    tokens it reads (the pointer's attention stays untrained by it either way).
+    tokens it reads (the pointer's attention stays untrained by it either way). With
+    ``presence_geometry`` presence also weighs where the answer lies, and where it lies relative
+    to the landmark, with coefficients read from the phrase (:func:`presence_geometry_features`).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class TokenBranch(nn.Module):
         embedding_dim: int | None = None,
         cell_scores: bool = False,
         presence_trains_encoder: bool = False,
+        presence_geometry: bool = False,
     ):
         super().__init__()
         self.presence_trains_encoder = presence_trains_encoder
@@ -134,6 +137,12 @@ class TokenBranch(nn.Module):
         if self.presence_head is not None:
             nn.init.zeros_(self.presence_head.layers[-1].weight)
             nn.init.constant_(self.presence_head.layers[-1].bias, INITIAL_PRESENCE_LOGIT)
+        # Where the answer lies, weighed as the phrase says ("on the right": its x; "above the
+        # square": its y offset from the landmark): see presence_geometry_features.
+        self.presence_geometry = nn.Linear(dim, PRESENCE_GEOMETRY_FEATURES) if cell_scores and presence_geometry else None
+        if self.presence_geometry is not None:
+            nn.init.zeros_(self.presence_geometry.weight)
+            nn.init.zeros_(self.presence_geometry.bias)
         self.box_head = MLP(dim, dim, 4, box_mlp_layers)
         self.scale = 1.0 / math.sqrt(dim)
         self.landmark_relation = LandmarkRelation(dim, landmark_pointer, embedding_dim) if landmark_relation else None
@@ -182,6 +191,10 @@ class TokenBranch(nn.Module):
                 seen, phrase = visual.detach(), token.detach()
             pooled = self.value(torch.einsum("bn,bnd->bd", pointer, seen))
             presence = self.presence_head(self.proj(phrase) + pooled).float()[:, 0]  # (B,)
+            if self.presence_geometry is not None:
+                landmark = relation["landmark_logits"].softmax(dim=-1).detach() if relation else None
+                geometry = presence_geometry_features(attention.detach(), cell_boxes.detach(), landmark, grid, visual_mask)
+                presence = presence + (self.presence_geometry(phrase).float() * geometry).sum(dim=-1)
             cell_logits = cell_logits.masked_fill(~visual_mask, -1e4)
             # The cells are trained on their own probability (a phrase that names nothing lowers
             # every cell, unless loss.cells_given_presence), presence on its own loss; the
@@ -229,6 +242,46 @@ class TokenBranch(nn.Module):
             else:
                 features = features + (detail if cells is None else gather_cells(detail, cells))
         return features
+
+
+# The answer's centre (x, y, |x|, |y|, max(|x|, |y|)) about the image's centre and its offset
+# from the landmark (dx, dy, |dx|, |dy|, distance), both in units of half the image side.
+PRESENCE_GEOMETRY_FEATURES = 10
+
+
+def presence_geometry_features(
+    attention: torch.Tensor,
+    cell_boxes: torch.Tensor,
+    landmark: torch.Tensor | None,
+    grid: tuple[int, int],
+    visual_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Where the branch's answer lies, for presence to check a location or a relation against
+    it: attention (B, N) the pointer's (sums to 1), cell_boxes (B, N, 4) normalised cxcywh,
+    landmark (B, N) the landmark pointer's attention or None, visual_mask (B, N) True on the
+    image's cells (a letterboxed image leaves the rest as padding; None: all) ->
+    (B, PRESENCE_GEOMETRY_FEATURES). The answer's centre is the attention-weighted centre of the
+    cells' boxes; the landmark's, its pointer's attention-weighted cell centre (its zeros where
+    there is no landmark pointer); both in the image's frame, not the padded input's.
+
+    Presence weighs them with coefficients read from the phrase (a product, not an input to its
+    MLP): "on the right" then holds where one coefficient times x is large, which a sum of the
+    phrase's and the answer's features fed to an MLP did not learn in a 1400-step run.
+    """
+    extent = attention.new_ones(attention.shape[0], 2)  # the image's share of the input, (width, height)
+    if visual_mask is not None:
+        cells = visual_mask.reshape(-1, *grid)
+        extent = torch.stack([cells.any(dim=1).sum(dim=-1), cells.any(dim=2).sum(dim=-1)], dim=-1) / torch.tensor(grid[::-1])
+        extent = extent.float().clamp(min=1.0 / max(grid))
+    centre = torch.einsum("bn,bnc->bc", attention.float(), cell_boxes[..., :2].float()) / extent * 2 - 1  # (B, 2)
+    features = [centre, centre.abs(), centre.abs().amax(dim=-1, keepdim=True)]
+    if landmark is None:
+        features.append(centre.new_zeros(centre.shape[0], 5))
+    else:
+        anchor = landmark.float() @ grid_centres(grid, landmark.device) / extent * 2 - 1
+        offset = centre - anchor
+        features += [offset, offset.abs(), offset.norm(dim=-1, keepdim=True)]
+    return torch.cat(features, dim=-1)
 
 
 def answer_logits(cell_logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
@@ -288,12 +341,13 @@ class MultiBranchTokenHead(nn.Module):
         embedding_dim: int | None = None,
         cell_scores: bool = False,
         presence_trains_encoder: bool = False,
+        presence_geometry: bool = False,
     ):
         super().__init__()
         from distill.one import ONE
 
         self.one = ONE(lambda: TokenBranch(dim, box_mlp_layers, reference_window, landmark_relation, landmark_pointer,
-                                           embedding_dim, cell_scores, presence_trains_encoder),
+                                           embedding_dim, cell_scores, presence_trains_encoder, presence_geometry),
                        num_branches, in_features=dim)  # fmt: skip
         if deploy_branch is not None and not 0 <= deploy_branch < num_branches:
             raise ValueError(f"head.deploy_branch {deploy_branch} out of range for {num_branches} token branches")
