@@ -271,7 +271,8 @@ def presence_geometry_features(
     extent = attention.new_ones(attention.shape[0], 2)  # the image's share of the input, (width, height)
     if visual_mask is not None:
         cells = visual_mask.reshape(-1, *grid)
-        extent = torch.stack([cells.any(dim=1).sum(dim=-1), cells.any(dim=2).sum(dim=-1)], dim=-1) / torch.tensor(grid[::-1])
+        counts = torch.stack([cells.any(dim=1).sum(dim=-1), cells.any(dim=2).sum(dim=-1)], dim=-1)  # columns, rows
+        extent = counts / torch.tensor(grid[::-1], device=counts.device)
         extent = extent.float().clamp(min=1.0 / max(grid))
     centre = torch.einsum("bn,bnc->bc", attention.float(), cell_boxes[..., :2].float()) / extent * 2 - 1  # (B, 2)
     features = [centre, centre.abs(), centre.abs().amax(dim=-1, keepdim=True)]
