@@ -195,6 +195,10 @@ class HeadConfig:
                                       f"one token branch that regresses its box from the object token")  # fmt: skip
         if self.token_branches < 1 or self.num_queries < 1:
             raise ConfigError("model.head.token_branches and model.head.num_queries must be >= 1")
+        for key in ("presence_trains_encoder", "presence_geometry"):
+            if getattr(self, key) and (self.type == "simvg" or self.num_queries == 1):
+                raise ConfigError(f"model.head.{key} sets the presence head of the 'cells' head with several "
+                                  f"answers (model.head.num_queries > 1); this head has none")  # fmt: skip
         if self.landmark_pointer not in LANDMARK_POINTERS:
             raise ConfigError(f"model.head.landmark_pointer must be one of {', '.join(LANDMARK_POINTERS)}, "
                               f"got {self.landmark_pointer!r}")  # fmt: skip

@@ -335,8 +335,8 @@ class GroundingCriterion(nn.Module):
         a score is the share of such cells that are right; with ``loss.cell_ignore_iou`` > 0 a
         cell whose box overlaps one of its phrase's targets at that IoU or more learns nothing
         unless it answers one; with ``loss.cells_given_presence`` the cells of a phrase without
-        target learn nothing (presence alone learns it names nothing). Summed over the cells and divided by the number of answering
-        cells (at least the batch size), as RetinaNet's."""
+        target learn nothing (presence alone learns it names nothing). Summed over the cells and
+        divided by the number of answering cells (at least the batch size), as RetinaNet's."""
         object_target = torch.zeros(logits.shape[:2], device=logits.device)
         object_target[images, cells] = score_goal(cell_boxes[images, cells].detach(), goals, self.score_target)
         weights = torch.ones_like(object_target)

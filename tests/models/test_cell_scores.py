@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from simvg.config import LossConfig
+from simvg.config import ConfigError, HeadConfig, LossConfig
 from simvg.models import build_model
 from simvg.models.criterion import GroundingCriterion, positive_cells, set_positive_cells
 from simvg.models.heads.grid import grid_centres
@@ -258,4 +258,11 @@ def test_presence_geometry_starts_silent_and_learns_from_the_presence_loss():
     with torch.no_grad():
         out = build_model(config, vocab_size=30522).eval()(*inputs())
     torch.testing.assert_close(out["token"]["presence_logits"], torch.full((2,), INITIAL_PRESENCE_LOGIT))
+
+
+def test_presence_options_on_a_head_without_presence_name_the_key():
+    with pytest.raises(ConfigError, match="model.head.presence_geometry"):
+        HeadConfig(num_queries=1, presence_geometry=True)
+    with pytest.raises(ConfigError, match="model.head.presence_trains_encoder"):
+        HeadConfig(type="simvg", num_queries=10, presence_trains_encoder=True)
 
