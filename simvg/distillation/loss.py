@@ -82,6 +82,47 @@ def cell_logits(head: dict, whose: str) -> torch.Tensor:
     return head["ref_logits"].float()
 
 
+# Left-out cells hold float32's lowest (or -inf in teachers' averaged distributions); real
+# logits never come near this.
+LEFT_OUT = -1e9
+
+
+def cell_distribution(head: dict, whose: str) -> torch.Tensor:
+    """The distribution over cells that cell KD and TAKFL distil: a token branch's (B, N)
+    attention logits, or, where a landmark relation chooses among the plausible cells, (B, 2, N):
+    the object token's own attention logits (which pick those cells) stacked on the final
+    ones (float32's lowest on the cells left out); see :func:`cell_kd_loss`."""
+    final = cell_logits(head, whose)
+    content = head.get("content_logits")
+    return final if content is None else torch.stack([content.float(), final], dim=1)
+
+
+def cell_kd_loss(student: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL of a student's distribution over cells to a teacher's (as :func:`cell_distribution`
+    gives them; detached target); plain :func:`~distill.losses.kd_loss` for (B, N) logits.
+
+    With a landmark relation (B, 2, N) the KL is taken in two stages, as the ground truth's
+    reference loss is (:func:`~simvg.models.criterion.reference_loss`): that of the object
+    token's own attention for every sample, plus that of the final distributions over the
+    samples where the student keeps every cell the teacher keeps, weighted by their share of
+    the batch. A cell the teacher keeps and the student leaves out has no gradient, and its
+    KL can only shrink by spreading the student's other logits apart: from a 93.6% teacher the
+    single KL did so until the reference-cell loss rose from 7 to about 5000 (val 33.8%;
+    docs/distillation.md).
+    A student or teacher without the relation compares final distributions."""
+    if student.dim() != target.dim():
+        student, target = (t[:, -1] if t.dim() == 3 else t for t in (student, target))
+    if student.dim() == 2:
+        return kd_loss(student, target, temperature)
+    content, final = student.unbind(1)
+    target_content, target_final = target.detach().unbind(1)
+    loss = kd_loss(content, target_content, temperature)
+    kept = ((target_final <= LEFT_OUT) | (final > LEFT_OUT)).all(dim=-1)
+    if kept.any():
+        loss = loss + kd_loss(final[kept], target_final[kept], temperature) * kept.float().mean()
+    return loss
+
+
 def cell_scores(head: dict, whose: str) -> torch.Tensor:
     """(B, N, 2) float32 2-way logits of every cell of a token branch whose every cell answers
     (class 0 = object; padding cells score "no object")."""
@@ -161,7 +202,8 @@ class TeacherTargets:
     one cell (mean probability >= the threshold).
 
     cells: (B, N) logits whose softmax at ``distill.kd_temperature`` is the teachers' mean
-    distribution over cells (None when no loss reads it); grid: the teachers' (h, w); token:
+    distribution over cells, (B, 2, N) with a landmark relation (:func:`cell_distribution`;
+    None when no loss reads it); grid: the teachers' (h, w); token:
     (B, D) the first teacher's object token; maps: its stem stage maps.
     """
 
@@ -307,7 +349,7 @@ class DistillationLoss(nn.Module):
                         ious = [best_target_iou(b[None], t)[0] for b, t in zip(teacher_boxes, target_sets)]
                         confidences.append(probs * torch.stack(ious))
             if self._needs_cells():
-                cells.append(cell_logits(out["token"], "the teacher's"))
+                cells.append(cell_distribution(out["token"], "the teacher's"))
             tokens.append(out["object_token"].float())
             maps.append([recorder.features[n] for n in self.at_teacher])
         distribution = None
@@ -412,9 +454,10 @@ class DistillationLoss(nn.Module):
             # Several answers: the distribution over cells where the teacher answers with one cell.
             rows = teacher.one_answer.nonzero()[:, 0] if self.several else slice(None)
             losses["loss_takfl_cells"] = sum(
-                self_regularised_kd_loss(cell_logits(h, "the student's")[rows], teacher.cells[rows],
-                                         cell_logits(s, "the start")[rows], d.kd_temperature, d.self_temperature,
-                                         d.self_regularization) if _count(rows, h) else h["ref_logits"].float().sum() * 0.0
+                self_regularised_kd_loss(cell_distribution(h, "the student's")[rows], teacher.cells[rows],
+                                         cell_distribution(s, "the start")[rows], d.kd_temperature, d.self_temperature,
+                                         d.self_regularization, kd=cell_kd_loss)
+                if _count(rows, h) else h["ref_logits"].float().sum() * 0.0
                 for h, s in pairs
             )  # fmt: skip
         if self._needs_scores():
@@ -468,7 +511,7 @@ class DistillationLoss(nn.Module):
         if teacher.cells is not None:
             rows = slice(None) if single is None else single
             losses["loss_cell_kd"] = sum(
-                kd_loss(cell_logits(h, "the student's")[rows], teacher.cells[rows], d.kd_temperature)
+                cell_kd_loss(cell_distribution(h, "the student's")[rows], teacher.cells[rows], d.kd_temperature)
                 if _count(rows, h) else h["ref_logits"].float().sum() * 0.0
                 for h in heads
             )  # fmt: skip

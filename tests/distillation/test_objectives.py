@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from distill.losses import kd_loss
 from simvg.config import load_config
 from simvg.data.dataset import Collator
-from simvg.distillation.loss import DistillationLoss
+from simvg.distillation.loss import DistillationLoss, cell_kd_loss
 from simvg.distillation.student import build_student
 from simvg.engine.checkpoint import load_checkpoint
 from simvg.engine.tasks import build_datasets
@@ -119,3 +120,37 @@ def test_ones_kl_reads_the_branches_distributions_over_cells(tiny_run, synthref_
     total, _ = module(batch)
     total.backward()
     assert student.token_head.one.gate[0].weight.grad is None or not student.token_head.one.gate[0].weight.grad.any()
+
+
+LOWEST = torch.finfo(torch.float32).min
+
+
+def test_cell_kd_with_a_landmark_relation_distils_both_stages():
+    # (B, 2, N): the object token's own attention logits, then the final ones, float32's
+    # lowest on the cells the relation left out.
+    teacher = torch.tensor([[[4.0, 0.0, 1.0, 0.0], [4.5, LOWEST, 2.0, LOWEST]],
+                            [[0.0, 3.0, 0.0, 2.5], [LOWEST, 3.5, LOWEST, 2.0]]])  # fmt: skip
+    assert cell_kd_loss(teacher.clone(), teacher, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+    # Sample 0 of this student leaves out the teacher's best cell; sample 1 keeps both of its cells.
+    content = torch.tensor([[0.0, 4.0, 0.0, 1.0], [0.0, 2.0, 0.0, 3.0]], requires_grad=True)
+    final = torch.tensor([[LOWEST, 4.0, LOWEST, 1.5], [LOWEST, 2.5, 0.5, 3.0]], requires_grad=True)
+    loss = cell_kd_loss(torch.stack([content, final], dim=1), teacher, 3.0)
+    loss.backward()
+    own = kd_loss(content.detach(), teacher[:, 0], 3.0)
+    kept = kd_loss(final.detach()[1:], teacher[1:, 1], 3.0) * 0.5  # one sample of two
+    assert loss.item() == pytest.approx((own + kept).item(), rel=1e-5)
+    # Descent raises the student's own attention on the cell it left out ...
+    assert content.grad[0, 0] < 0
+    # ... and the final KL of that sample, which could only fall by spreading the student's
+    # kept logits apart, moves nothing.
+    assert torch.count_nonzero(final.grad[0]) == 0
+    assert torch.count_nonzero(final.grad[1]) > 0
+
+
+def test_cell_kd_without_a_landmark_relation_is_plain_kd():
+    student, teacher = torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.equal(cell_kd_loss(student, teacher, 3.0), kd_loss(student, teacher, 3.0))
+    # A teacher with the relation and a student without: their final distributions.
+    stacked = torch.stack([torch.randn(3, 5), teacher], dim=1)
+    assert torch.equal(cell_kd_loss(student, stacked, 3.0), kd_loss(student, teacher, 3.0))
