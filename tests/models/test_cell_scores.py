@@ -265,4 +265,3 @@ def test_presence_options_on_a_head_without_presence_name_the_key():
         HeadConfig(num_queries=1, presence_geometry=True)
     with pytest.raises(ConfigError, match="model.head.presence_trains_encoder"):
         HeadConfig(type="simvg", num_queries=10, presence_trains_encoder=True)
-
