@@ -49,3 +49,11 @@ def test_the_whole_study_runs_from_one_command_and_resumes(tiny_run, synthref_ro
     report = json.loads((results / "distill_study.json").read_text())
     assert {r["name"]: sorted(r["seeds"]) for r in report["rows"]}["no_one"] == ["0", "1"]
     assert not (out / "no_gt" / "seed1").exists()
+
+    # TAKFL against averaged teachers runs at every seed even where the two lie far apart; other
+    # rows only within --close points.
+    study.main([*common, "--seeds", "0,1", "--only", "shipped,box_only,takfl,averaged", "--close", "0", "--int8", ""])
+    assert (out / "takfl" / "seed1" / "best").is_dir() and (out / "averaged" / "seed1" / "best").is_dir()
+    assert not (out / "box_only" / "seed1").exists()
+    report = json.loads((results / "distill_study.json").read_text())
+    assert sorted(next(c for c in report["comparisons"] if c["row"] == "averaged")["seeds"]) == [0, 1]
